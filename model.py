@@ -1,0 +1,613 @@
+"""LLaMA-family decoder, HF checkpoint I/O, LoRA adapters and generation, in plain torch.
+
+* The decoder (SPEC section 2): RMSNorm, rotate-half RoPE (optional llama3 scaling), GQA
+  attention via SDPA, SwiGLU MLP, tied or untied lm_head, Qwen2 q/k/v bias, Qwen3 per-head q/k
+  RMSNorm. Module and tensor names equal HF's: HF checkpoint directories load with no name
+  table, and saved directories load back into HF tools. Unsupported config values raise.
+* LoRA on q, k, v, o, gate, up, down: SPEC (E0) forward, merge, masked merge, PEFT files.
+* KV-cache generation (greedy, or seeded temperature / top-k / top-p), a `tokenizers`
+  wrapper, a device picker. Only safetensors are read; nothing in a checkpoint is executed.
+
+Order: config -> blocks -> model -> LoRA helpers -> checkpoint I/O -> tokenizer.
+GGUF -> HF conversion of the offline default model: convert.py.
+Tests: `python -m pytest -q tests/test_model.py`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SEVEN_MAPS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                   "special_tokens_map.json")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------------- config
+@dataclass
+class Config:
+    """Model hyper-parameters under HF `config.json` field names."""
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None   # None: = num_attention_heads (no GQA)
+    head_dim: int | None = None              # None: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None         # None, or {"rope_type": "llama3", "factor", ...}
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False             # bias on q, k, v (and o, except for qwen2)
+    qk_norm: bool = False                    # per-head RMSNorm on q and k before RoPE (qwen3)
+    model_type: str = "llama"                # llama | qwen2 | qwen3 | mistral
+    bos_token_id: int | None = None
+    eos_token_id: int | list | None = None
+    pad_token_id: int | None = None
+    torch_dtype: str = "float32"             # dtype the weights are stored in
+
+    def __post_init__(self):
+        if self.model_type not in ARCHITECTURES:
+            raise ValueError(f"config: unsupported model_type {self.model_type!r} "
+                             f"(supported: {', '.join(ARCHITECTURES)})")
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"config: num_attention_heads={self.num_attention_heads} is not a "
+                             f"multiple of num_key_value_heads={self.num_key_value_heads}")
+        self.attention_bias |= self.model_type == "qwen2"   # Qwen2: always q/k/v bias
+        self.qk_norm |= self.model_type == "qwen3"
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "Config":
+        """Parse an HF config dict (both dialects); unsupported values raise ValueError."""
+        mt, sw = d.get("model_type"), d.get("sliding_window")
+        unsupported = {                      # field -> why it cannot load (falsy: fine)
+            "model_type": mt not in ARCHITECTURES
+            and f"{mt!r} (supported: {', '.join(ARCHITECTURES)})",
+            "hidden_act": d.get("hidden_act", "silu") != "silu"
+            and f"{d.get('hidden_act')!r} (only 'silu')",
+            "mlp_bias": bool(d.get("mlp_bias")) and "true",
+            "quantization_config": bool(d.get("quantization_config")) and "present",
+            "partial_rotary_factor": d.get("partial_rotary_factor", 1.0) != 1.0 and "!= 1",
+            # Sliding-window attention needs a banded mask: refuse rather than ignore it.
+            "use_sliding_window": bool(d.get("use_sliding_window"))
+            and f"true (sliding_window {sw})",
+            "sliding_window": mt == "mistral" and sw is not None and f"{sw} (must be null)",
+            "layer_types": any(t != "full_attention" for t in d.get("layer_types") or [])
+            and "sliding-window layers"}
+        for key, why in unsupported.items():
+            if why:
+                raise ValueError(f"config.json: unsupported {key}: {why}")
+        # Two dialects: top-level rope_theta / rope_scaling, or rope_parameters (newer HF).
+        rp = d.get("rope_parameters")
+        scaling = dict(rp) if rp else dict(d["rope_scaling"]) if d.get("rope_scaling") else {}
+        theta = scaling.get("rope_theta", d.get("rope_theta", 10000.0))
+        rtype = scaling.get("rope_type", scaling.get("type", "default"))
+        if rtype not in ("default", "llama3"):
+            raise ValueError(f"config.json: unsupported rope_scaling rope_type {rtype!r} "
+                             "(only 'default' and 'llama3')")
+        scaling = {**{k: v for k, v in scaling.items() if k not in ("type", "rope_theta")},
+                   "rope_type": rtype}
+        kw = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        kw.update(rope_theta=float(theta), rope_scaling=scaling if rtype == "llama3" else None,
+                  torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32"))
+        return cls(**kw)
+
+    def to_hf(self) -> dict:
+        """HF config dict (top-level rope_theta / rope_scaling dialect, torch_dtype)."""
+        d = asdict(self)
+        del d["qk_norm"]                     # implied by model_type qwen3
+        if self.model_type == "qwen2":
+            del d["attention_bias"]          # implied by model_type qwen2
+        if self.model_type != "llama":
+            d.update(use_sliding_window=False, sliding_window=None)
+        return {**d, "architectures": [ARCHITECTURES[self.model_type]], "hidden_act": "silu"}
+
+
+# ------------------------------------------------------------------------ building blocks
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), statistics in float32, cast back (as HF)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_inv_freq(cfg: Config) -> torch.Tensor:
+    """theta^(-2i/D) for i < D/2 (float32), with llama3 scaling when configured."""
+    D = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    if cfg.rope_scaling is None:
+        return inv
+    # llama3: wavelengths above old_ctx/lo are divided by `factor`, those below old_ctx/hi
+    # kept, and a linear blend in between (Llama 3.1 reference code).
+    s = cfg.rope_scaling
+    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_ctx = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old_ctx / lo, inv / factor, inv)
+    smooth = (old_ctx / wavelen - lo) / (hi - lo)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    return torch.where((wavelen >= old_ctx / hi) & (wavelen <= old_ctx / lo), blended, scaled)
+
+
+def apply_rope(x, cos, sin):
+    """x (..., T, D), cos/sin (T, D): the pair (x_i, x_{i+D/2}) rotates by pos * inv_freq[i]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class LayerCache:
+    """Keys and values of one attention layer seen so far, each (B, H_kv, T_past, D)."""
+    k = v = None
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class KVCache:
+    """One LayerCache per block (`.layers`); `seq_len` = positions already cached."""
+
+    def __init__(self, num_layers: int):
+        self.layers = [LayerCache() for _ in range(num_layers)]
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.layers[0])
+
+
+class LoRALinear(nn.Module):
+    """Frozen base linear W (m x n) plus an optional low-rank adapter, SPEC (E0):
+    y = W x + s B (A drop(x)), s = alpha / r, A (r x n) Kaiming-uniform, B (m x r) zero
+    (LoRA, Hu et al. 2021, section 4.1). Adapters are float32 whatever W's dtype; r = 0 is a
+    plain linear with HF state-dict keys. With `.mask` M set (adapter_mode "masked", SPEC
+    section 8) the update is M * (s B A), so with W already pruned y = (M * (W + s B A)) x."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.r, self.alpha, self.scaling, self.lora_dropout = 0, 0.0, 0.0, nn.Identity()
+        self.register_parameter("lora_A", None)
+        self.register_parameter("lora_B", None)
+        self.register_buffer("mask", None, persistent=False)   # bool (m, n), True = keep
+
+    def set_lora(self, r: int, alpha: float, dropout: float = 0.0, generator=None):
+        """Attach a fresh adapter (A Kaiming-uniform, B = 0); r = 0 removes it."""
+        self.r, self.alpha, self.scaling = int(r), float(alpha), alpha / r if r > 0 else 0.0
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        dev = self.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=dev)) if r else None
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=dev)) if r else None
+        self.reset_lora(generator)
+
+    @torch.no_grad()
+    def reset_lora(self, generator=None):
+        """A ~ Kaiming-uniform(a=sqrt 5), i.e. U(-1/sqrt(n), 1/sqrt(n)) as nn.Linear; B = 0."""
+        if self.r:
+            bound, dev = 1 / math.sqrt(self.in_features), getattr(generator, "device", None)
+            a = torch.empty(self.lora_A.shape, device=dev or self.lora_A.device)
+            self.lora_A.copy_(a.uniform_(-bound, bound, generator=generator))
+            self.lora_B.zero_()
+
+    @torch.no_grad()
+    def set_mask(self, mask):
+        """Enter adapter_mode "masked": keep M and prune W (W <- M * W); None clears M."""
+        self.mask = None if mask is None else mask.to(self.weight.device, torch.bool)
+        if mask is not None:
+            self.weight.mul_(self.mask)
+
+    def augmented_weight(self):
+        """W~ = W + s B A in float32 (SPEC (E5)); the mask is not applied here."""
+        w = self.weight.float()
+        return w if self.r == 0 else w + self.scaling * (self.lora_B @ self.lora_A)
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if self.r == 0:
+            return y
+        xd = self.lora_dropout(x).float()
+        if self.mask is None:                # two thin matmuls, never the m x n update
+            delta = self.scaling * F.linear(F.linear(xd, self.lora_A), self.lora_B)
+        else:
+            delta = F.linear(xd, self.mask * (self.scaling * self.lora_B @ self.lora_A))
+        return y + delta.to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self, mask=None):
+        """W <- W + s B A, or W <- M * (W + s B A) (SPEC (E0)); then B = 0. Idempotent.
+        `mask` defaults to `.mask` (adapter_mode "masked")."""
+        mask = self.mask if mask is None else mask.to(self.weight.device)
+        w = self.augmented_weight()
+        self.weight.copy_((w if mask is None else w * mask).to(self.weight.dtype))
+        if self.r:
+            self.lora_B.zero_()
+
+    def extra_repr(self):
+        return f"{self.in_features}->{self.out_features}, bias={self.bias is not None}, r={self.r}"
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.nh, self.nkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias, H = cfg.attention_bias, cfg.hidden_size
+        self.q_proj = LoRALinear(H, self.nh * self.hd, bias)
+        self.k_proj = LoRALinear(H, self.nkv * self.hd, bias)
+        self.v_proj = LoRALinear(H, self.nkv * self.hd, bias)
+        self.o_proj = LoRALinear(self.nh * self.hd, H, bias and cfg.model_type != "qwen2")
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache: LayerCache | None = None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hd)
+        k = self.k_proj(x).view(B, T, self.nkv, self.hd)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, Hkv, T, D)
+        if hasattr(self, "q_norm"):          # Qwen3: RMSNorm over each head's D features
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        q = apply_rope(q.transpose(1, 2), cos, sin)                         # (B, H, T, D)
+        k = apply_rope(k.transpose(1, 2), cos, sin)                         # (B, Hkv, T, D)
+        past = 0 if cache is None else len(cache)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        g = self.nh // self.nkv              # GQA: query head h reads kv head floor(h / g)
+        if g > 1:
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:                                # query i sits at position past + i: sees keys <= it
+            allowed = (torch.arange(k.shape[2], device=x.device)[None, :]
+                       <= past + torch.arange(T, device=x.device)[:, None])     # (T, T_k)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T == 1 else allowed)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.gate_proj = LoRALinear(cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = LoRALinear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = LoRALinear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x):                    # SwiGLU
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache: LayerCache | None = None):
+        """x (B, T, hidden); cos, sin (T, head_dim) from Transformer.rope."""
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ---------------------------------------------------------------------------------- model
+class Decoder(nn.Module):
+    """HF's `model.model`: embeddings, blocks, final norm."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config, self.path = config, None          # path: set by load_model
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        for m in self.modules():             # HF init (initializer_range 0.02); free on meta
+            if isinstance(m, (nn.Linear, LoRALinear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def rope(self, T: int, device, start_pos: int = 0):
+        """(cos, sin), each (T, head_dim) float32, for positions start_pos .. start_pos+T-1."""
+        pos = torch.arange(start_pos, start_pos + T, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, rope_inv_freq(self.config).to(device))    # (T, D/2)
+        emb = torch.cat([freqs, freqs], dim=-1)                             # rotate-half layout
+        return emb.cos(), emb.sin()
+
+    def forward(self, input_ids, cache: KVCache | None = None, start_pos: int | None = None):
+        """input_ids (B, T) -> logits (B, T, vocab), every position, in the model's dtype.
+        A KVCache is filled in place; positions continue after what it holds."""
+        past = 0 if cache is None else cache.seq_len
+        start_pos = past if start_pos is None else start_pos
+        if cache is not None and start_pos != past:
+            raise ValueError(f"start_pos={start_pos} but the KV cache holds {past} positions")
+        x = self.model.embed_tokens(input_ids)                             # (B, T, hidden)
+        cos, sin = self.rope(input_ids.shape[1], x.device, start_pos)
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, None if cache is None else cache.layers[i])
+        return self.lm_head(self.model.norm(x))
+
+    @torch.no_grad()
+    def generate(self, ids, max_new_tokens: int, temperature: float = 0.0, top_k=None,
+                 top_p=None, generator=None, eos_id=None):
+        """ids (B, T) -> (B, T + n), n <= max_new_tokens, with a KV cache. temperature 0:
+        greedy; else sample softmax(logits / temperature) over the top_k tokens and / or the
+        smallest set of probability >= top_p, from `generator` (same seed, same tokens).
+        Stops once every row has produced eos_id (default config.eos_token_id; int, list or
+        [] for never); a finished row repeats its EOS. Runs in eval mode (no LoRA dropout)."""
+        eos = self.config.eos_token_id if eos_id is None else eos_id
+        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []),
+                           dtype=torch.long, device=ids.device)
+        cache, out, step = KVCache(len(self.model.layers)), ids, ids
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        was_training = self.training
+        self.eval()
+        for _ in range(max_new_tokens):
+            nxt = _pick(self(step, cache)[:, -1].float(), temperature, top_k, top_p, generator)
+            nxt = torch.where(done, out[:, -1], nxt)
+            done |= torch.isin(nxt, eos)
+            out, step = torch.cat([out, nxt[:, None]], dim=1), nxt[:, None]
+            if done.all():
+                break
+        self.train(was_training)
+        return out
+
+
+def _pick(logits, temperature, top_k, top_p, generator):
+    """Next token per row from (B, V) float32 logits."""
+    if not temperature or temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        srt, idx = torch.sort(logits, dim=-1, descending=True, stable=True)
+        p = srt.softmax(-1)                  # drop a token once those above it reach top_p
+        srt = srt.masked_fill(p.cumsum(-1) - p >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
+    probs = logits.softmax(-1)               # sampled where the generator lives
+    dev = probs.device if generator is None else generator.device
+    return torch.multinomial(probs.to(dev), 1, generator=generator)[:, 0].to(logits.device)
+
+
+# ---------------------------------------------------------------------------- LoRA helpers
+def lora_modules(model) -> list:
+    """[(name, LoRALinear)] in block order q, k, v, o, gate, up, down."""
+    return [(f"model.layers.{i}.{part}.{nm}", getattr(getattr(block, part), nm))
+            for i, block in enumerate(model.model.layers) for nm in SEVEN_MAPS
+            for part in ["self_attn" if nm in SEVEN_MAPS[:4] else "mlp"]]
+
+
+def add_lora(model, r: int, alpha: float, dropout: float = 0.0, targets=SEVEN_MAPS,
+             generator=None):
+    """Attach fresh adapters to the target maps and freeze every other parameter (as PEFT)."""
+    if set(targets) - set(SEVEN_MAPS):
+        raise ValueError(f"add_lora: targets {sorted(set(targets) - set(SEVEN_MAPS))} are "
+                         f"not among {SEVEN_MAPS}")
+    model.requires_grad_(False)
+    for name, m in lora_modules(model):
+        if name.rsplit(".", 1)[1] in targets:
+            m.set_lora(r, alpha, dropout, generator)
+    return model
+
+
+def merge_lora(model, masks: dict | None = None):
+    """Merge every adapter (SPEC (E0)); masks {name: bool (m, n)} makes it a masked merge."""
+    for name, m in lora_modules(model):
+        m.merge((masks or {}).get(name))
+    return model
+
+
+def save_adapters(model, path):
+    """PEFT layout: adapter_config.json + adapter_model.safetensors (float32 A and B)."""
+    mods = [(n, m) for n, m in lora_modules(model) if m.r > 0]
+    if len({(m.r, m.alpha) for _, m in mods}) != 1:
+        raise ValueError("save_adapters: needs adapters (add_lora) sharing one r and alpha")
+    m0, path = mods[0][1], Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": m0.r, "lora_alpha": m0.alpha,
+           "lora_dropout": getattr(m0.lora_dropout, "p", 0.0), "bias": "none",
+           "fan_in_fan_out": False, "inference_mode": True,
+           "base_model_name_or_path": str(model.path or ""),
+           "target_modules": sorted({n.rsplit(".", 1)[1] for n, _ in mods})}
+    (path / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    tensors = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}").detach()
+               .float().cpu().contiguous() for n, m in mods for ab in "AB"}
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def load_adapters(model, path):
+    """Attach adapters from a PEFT directory (strict: every key and shape must match)."""
+    path = Path(path)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{path}/adapter_config.json: peft_type {cfg['peft_type']!r} != 'LORA'")
+    targets = cfg["target_modules"]
+    add_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0),
+             [targets] if isinstance(targets, str) else targets)
+    expected = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}")
+                for n, m in lora_modules(model) if m.r > 0 for ab in "AB"}
+    with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f, torch.no_grad():
+        _check_keys(set(f.keys()), expected, path / "adapter_model.safetensors")
+        for k, p in expected.items():
+            t = f.get_tensor(k)
+            _check_shape(k, p.shape, t.shape)
+            p.copy_(t)
+    return model
+
+
+# ------------------------------------------------------------------------- checkpoint I/O
+def _check_keys(found: set, expected, where):
+    missing, unexpected = sorted(set(expected) - found), sorted(found - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{where}: missing tensors {missing[:5]}, unexpected tensors "
+                         f"{unexpected[:5]} ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected)")
+
+
+def _check_shape(name, expected, found):
+    if tuple(expected) != tuple(found):
+        raise ValueError(f"tensor {name}: expected shape {tuple(expected)}, found {tuple(found)}")
+
+
+def _weight_files(path: Path) -> dict:
+    """{tensor name: safetensors file} from model.safetensors or a sharded index."""
+    index, single = path / "model.safetensors.index.json", path / "model.safetensors"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        for fn in set(weight_map.values()):
+            if Path(fn).name != fn:          # shards must sit in the checkpoint directory
+                raise ValueError(f"{index}: shard {fn!r} must be a plain file name")
+        return {k: path / fn for k, fn in weight_map.items()}
+    if not single.exists():
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json"
+                                " (only safetensors weights are read)")
+    with safe_open(str(single), framework="pt") as f:
+        return {k: single for k in f.keys()}
+
+
+def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
+    """HF checkpoint directory -> Transformer (eval mode) on `device`, floating tensors cast
+    to `dtype` (a torch dtype or its name; None: config torch_dtype). Built on the meta
+    device, so no memory or time goes into a throwaway random init."""
+    path = Path(path)
+    cfg = Config.from_hf(json.loads((path / "config.json").read_text()))
+    dtype = DTYPES.get(cfg.torch_dtype, torch.float32) if dtype is None else dtype
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        del expected["lm_head.weight"]       # HF convention: stored once, as embed_tokens
+    files = _weight_files(path)
+    # Old checkpoints carry rotary_emb.inv_freq buffers; some store a tied head anyway.
+    files = {k: fn for k, fn in files.items() if not k.endswith("rotary_emb.inv_freq")
+             and not (k == "lm_head.weight" and cfg.tie_word_embeddings)}
+    _check_keys(set(files), expected, path)
+    state = {}
+    for fn in sorted(set(files.values())):
+        with safe_open(str(fn), framework="pt") as f:
+            for k in (k for k in f.keys() if k in expected):
+                t = f.get_tensor(k)          # one tensor at a time: no second model copy
+                _check_shape(k, expected[k], t.shape)
+                state[k] = t.to(device, dtype if t.is_floating_point() else t.dtype)
+    model.load_state_dict(state, strict=False, assign=True)   # keys checked above
+    model.tie_weights()
+    model.path = path
+    return model.eval()
+
+
+def save_model(model: Transformer, path):
+    """Write an HF checkpoint directory: model.safetensors (metadata {"format": "pt"}; a tied
+    head stored once), config.json, tokenizer files copied from model.path. Unmerged adapters
+    are refused: call merge_lora (or save_adapters) first."""
+    for name, m in lora_modules(model):
+        if m.r > 0 and bool(m.lora_B.detach().any()):
+            raise ValueError(f"save_model: {name} has an unmerged LoRA adapter; call "
+                             "merge_lora(model) or save_adapters(model, dir) first")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if ".lora_" not in k
+             and not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "model.safetensors.index.json").unlink(missing_ok=True)   # would shadow it
+    dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    (path / "config.json").write_text(json.dumps({**model.config.to_hf(), "torch_dtype": dtype},
+                                                 indent=2))
+    src = Path(model.path) if model.path is not None else None
+    if src is not None and src.resolve() != path.resolve():
+        for fn in TOKENIZER_FILES:
+            if (src / fn).exists():
+                shutil.copyfile(src / fn, path / fn)
+
+
+# ------------------------------------------------------------------------------ tokenizer
+class Tokenizer:
+    """tokenizer.json via `tokenizers`. encode adds no special tokens except BOS on request;
+    bos/eos/pad ids come from tokenizer_config.json, else config.json, else
+    generation_config.json (first entry of a list). `.add_bos`: should prompts start with BOS."""
+
+    def __init__(self, path):
+        from tokenizers import Tokenizer as _Tokenizer
+        path = Path(path)
+        self.tok = _Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        srcs = [json.loads((path / fn).read_text()) for fn in
+                ("tokenizer_config.json", "config.json", "generation_config.json")
+                if (path / fn).exists()]
+        self.bos_id, self.eos_id, self.pad_id = (self._special(srcs, k)
+                                                 for k in ("bos", "eos", "pad"))
+        # Whether prompts start with BOS: tokenizer_config's add_bos_token, else whether
+        # tokenizer.json's post-processor prepends it (Llama 3 style).
+        tc = srcs[0] if (path / "tokenizer_config.json").exists() else {}
+        auto = self.tok.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
+        self.add_bos = bool(tc.get("add_bos_token", auto and self.bos_id is not None))
+
+    def _special(self, srcs, kind):
+        for src in srcs:
+            tok, tid = src.get(f"{kind}_token"), src.get(f"{kind}_token_id")
+            tok = tok.get("content") if isinstance(tok, dict) else tok
+            if isinstance(tok, str) and self.tok.token_to_id(tok) is not None:
+                return self.tok.token_to_id(tok)
+            tid = (tid or [None])[0] if isinstance(tid, list) else tid
+            if isinstance(tid, int):
+                return tid
+        return None
+
+    def encode(self, text: str, bos: bool = False) -> list:
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def load_tokenizer(path) -> Tokenizer:
+    return Tokenizer(path)
+
+
+def pick_device() -> torch.device:
+    """cuda > mps > cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+
+
+# --- GGUF conversion ---
+# convert_gguf(gguf_path, out_dir) lives in convert.py (GGUF -> the HF directory read above).

@@ -1,0 +1,387 @@
+"""Tests of model.py: components against naive references, checkpoint I/O, generation, LoRA
+(SPEC section 2 and (E0)), loader errors. Tiny configs from conftest.py, CPU, a few seconds."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import model as M
+from conftest import FAMILIES
+
+ATOL32 = 1e-5          # float32 agreement of two orderings of the same arithmetic
+ATOL_BF16 = 5e-2       # bf16 logits vs float32 logits on the tiny random model
+
+
+def _max_diff(a, b):
+    d = (a.float() - b.float()).abs()
+    return f"max diff {d.max().item():.3g}, mean diff {d.mean().item():.3g}"
+
+
+# ------------------------------------------------------------------------ components
+def test_rmsnorm_matches_formula():
+    """SPEC 2: y = w * x / sqrt(mean(x^2) + eps), statistics in float32, result cast back."""
+    norm = M.RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64))
+    x = torch.randn(3, 5, 64)
+    ref = norm.weight * x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-6)
+    assert torch.allclose(norm(x), ref, atol=ATOL32), _max_diff(norm(x), ref)
+    xb = x.bfloat16()
+    yb = M.RMSNorm(64, 1e-6).bfloat16()(xb)            # a bf16 model has bf16 norm weights
+    refb = (xb.float() / torch.sqrt((xb.float() ** 2).mean(-1, keepdim=True) + 1e-6)).bfloat16()
+    assert yb.dtype == torch.bfloat16 and torch.equal(yb, refb)
+
+
+def test_rope_matches_2x2_rotation_per_frequency(tiny):
+    """SPEC 2 rotate-half RoPE: the pair (x_i, x_{i+D/2}) rotates by pos * theta^(-2i/D)."""
+    cfg = tiny()
+    model = M.Transformer(cfg)
+    D, T, start = cfg.head_dim, 6, 3
+    x = torch.randn(1, 1, T, D)
+    cos, sin = model.rope(T, "cpu", start_pos=start)
+    y = M.apply_rope(x, cos, sin)
+    ref = torch.empty_like(x)
+    for p in range(T):
+        for i in range(D // 2):
+            ang = (start + p) * cfg.rope_theta ** (-2 * i / D)
+            rot = torch.tensor([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]])
+            ref[0, 0, p, [i, i + D // 2]] = rot @ x[0, 0, p, [i, i + D // 2]]
+    assert torch.allclose(y, ref, atol=ATOL32), _max_diff(y, ref)
+
+
+def test_llama3_rope_scaling_matches_formula(tiny):
+    """SPEC 2 llama3 scaling: short wavelengths kept, long ones / factor, smooth blend between."""
+    s = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+             original_max_position_embeddings=64)
+    cfg = tiny(hidden_size=256, num_attention_heads=4, rope_theta=500000.0, rope_scaling=s)
+    got = M.rope_inv_freq(cfg)
+    D, old = cfg.head_dim, 64
+    regions = set()
+    for i in range(D // 2):
+        f = 500000.0 ** (-2 * i / D)
+        wl = 2 * math.pi / f
+        if wl < old / 4.0:
+            want, region = f, "high"
+        elif wl > old / 1.0:
+            want, region = f / 8.0, "low"
+        else:
+            smooth = (old / wl - 1.0) / (4.0 - 1.0)
+            want, region = (1 - smooth) * f / 8.0 + smooth * f, "mid"
+        regions.add(region)
+        assert math.isclose(got[i].item(), want, rel_tol=1e-5), (i, got[i].item(), want)
+    assert regions == {"high", "mid", "low"}
+
+
+def _attention_reference(attn, x, cos, sin):
+    """Naive attention: a Python loop over query heads, explicit causal masked softmax."""
+    B, T, _ = x.shape
+    nh, nkv, D = attn.nh, attn.nkv, attn.hd
+    q = attn.q_proj(x).view(B, T, nh, D)
+    k = attn.k_proj(x).view(B, T, nkv, D)
+    v = attn.v_proj(x).view(B, T, nkv, D)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    heads = []
+    for h in range(nh):
+        kv = h // (nh // nkv)                                       # gamma(h)
+        qh = M.apply_rope(q[:, :, h], cos, sin)                     # (B, T, D)
+        kh = M.apply_rope(k[:, :, kv], cos, sin)
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(D)           # (B, T, T)
+        scores = scores.masked_fill(~causal, float("-inf"))
+        heads.append(scores.softmax(-1) @ v[:, :, kv])
+    return attn.o_proj(torch.cat(heads, dim=-1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gqa_sdpa_matches_per_head_masked_softmax(make_model, family):
+    """SPEC 1/2: query head h reads kv head floor(h/g); SDPA(is_causal) == masked softmax."""
+    model = make_model(**FAMILIES[family])
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(2, 7, model.config.hidden_size)
+    cos, sin = model.rope(7, "cpu")
+    with torch.no_grad():
+        got, ref = attn(x, cos, sin), _attention_reference(attn, x, cos, sin)
+    assert torch.allclose(got, ref, atol=ATOL32), _max_diff(got, ref)
+
+
+def test_sdpa_with_cache_offset_matches_masked_softmax(make_model):
+    """A chunk of 3 queries after 4 cached positions sees keys 0 .. 4+i (the offset mask)."""
+    model = make_model()
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(1, 7, model.config.hidden_size)
+    cos, sin = model.rope(7, "cpu")
+    cache = M.LayerCache()                   # what one Block receives from a KVCache
+    with torch.no_grad():
+        attn(x[:, :4], cos[:4], sin[:4], cache)
+        got = attn(x[:, 4:], cos[4:], sin[4:], cache)
+        ref = _attention_reference(attn, x, cos, sin)[:, 4:]
+    assert torch.allclose(got, ref, atol=ATOL32), _max_diff(got, ref)
+
+
+# -------------------------------------------------------------------- checkpoint I/O
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_load_identical_logits(make_ckpt, family, tied):
+    """SPEC 2: save_model -> load_model reproduces the logits exactly; a tied head is stored
+    once (no lm_head.weight, HF convention) and comes back tied."""
+    path, model = make_ckpt(**{**FAMILIES[family], "tie_word_embeddings": tied})
+    loaded = M.load_model(path)
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    keys = set(load_file(path / "model.safetensors"))
+    assert ("lm_head.weight" in keys) == (not tied)
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    for fn in ("tokenizer.json", "tokenizer_config.json"):
+        assert (path / fn).exists()
+    assert not any(p.is_meta for p in loaded.parameters())
+    assert loaded.path == path
+
+
+def test_sharded_load_equals_single_file(tiny_ckpt):
+    """SPEC 2: shards + model.safetensors.index.json load like one model.safetensors."""
+    single, model = tiny_ckpt
+    sharded = single.parent / "sharded"
+    shutil.copytree(single, sharded)
+    state = load_file(sharded / "model.safetensors")
+    (sharded / "model.safetensors").unlink()
+    names, weight_map = sorted(state), {}
+    for i, part in enumerate((names[:7], names[7:20], names[20:])):   # three shards
+        fn = f"model-{i + 1:05d}-of-00003.safetensors"
+        save_file({k: state[k] for k in part}, str(sharded / fn), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fn))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": weight_map}))
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(M.load_model(single)(ids), M.load_model(sharded)(ids))
+
+
+def test_bf16_load_works(tiny_ckpt):
+    path, model = tiny_ckpt
+    m16 = M.load_model(path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in m16.parameters())
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        l16, l32 = m16(ids), model(ids)
+    assert l16.dtype == torch.bfloat16 and torch.isfinite(l16.float()).all()
+    assert torch.allclose(l16.float(), l32, atol=ATOL_BF16), _max_diff(l16, l32)
+
+
+def test_both_config_dialects_load_alike(tiny):
+    """SPEC 2: top-level rope_theta/rope_scaling/torch_dtype == rope_parameters/dtype."""
+    s = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+             original_max_position_embeddings=64)
+    old = {**tiny().to_hf(), "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **s},
+           "torch_dtype": "bfloat16"}
+    new = {k: v for k, v in old.items() if k not in ("rope_theta", "rope_scaling", "torch_dtype")}
+    new.update(rope_parameters={"rope_theta": 5e5, "rope_type": "llama3", **s}, dtype="bfloat16")
+    assert M.Config.from_hf(old) == M.Config.from_hf(new)
+    assert M.Config.from_hf(new).rope_scaling["factor"] == 8.0
+
+
+_BAD_CONFIGS = {                    # field -> (config.json change, words the error must name)
+    "model_type": ({"model_type": "gpt2"}, "model_type"),
+    "hidden_act": ({"hidden_act": "gelu"}, "hidden_act"),
+    "rope_type": ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+    "rope_parameters": ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4}},
+                        "dynamic"),
+    "sliding_window": ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window"),
+    "use_sliding_window": ({"model_type": "qwen2", "use_sliding_window": True}, "sliding_window"),
+}
+
+
+@pytest.mark.parametrize("case", _BAD_CONFIGS)
+def test_loader_rejects_unsupported_config(tiny_ckpt, case):
+    path, _ = tiny_ckpt
+    change, words = _BAD_CONFIGS[case]
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ValueError, match=words):
+        M.load_model(path)
+
+
+def _rewrite_weights(path, fn):
+    state = load_file(path / "model.safetensors")
+    fn(state)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_loader_names_missing_tensor(tiny_ckpt):
+    path, _ = tiny_ckpt
+    _rewrite_weights(path, lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ValueError, match=r"missing tensors \['model.layers.1.mlp.up_proj.weight'"):
+        M.load_model(path)
+
+
+def test_loader_names_unexpected_tensor(tiny_ckpt):
+    path, _ = tiny_ckpt
+    _rewrite_weights(path, lambda s: s.update({"model.layers.0.extra.weight": torch.zeros(2)}))
+    with pytest.raises(ValueError, match=r"unexpected tensors \['model.layers.0.extra.weight'"):
+        M.load_model(path)
+
+
+def test_loader_names_wrong_shape(tiny_ckpt):
+    path, _ = tiny_ckpt
+    name = "model.layers.0.self_attn.k_proj.weight"
+    _rewrite_weights(path, lambda s: s.update({name: torch.zeros(64, 64)}))
+    with pytest.raises(ValueError, match=rf"{name}: expected shape \(32, 64\), found \(64, 64\)"):
+        M.load_model(path)
+
+
+def test_tokenizer_ids_from_config_files(tiny_ckpt):
+    path, _ = tiny_ckpt
+    tok = M.load_tokenizer(path)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 2, 0, 128)
+    assert tok.add_bos is False                  # no add_bos_token, no BOS post-processor
+    ids = tok.encode("w5 w7 w5", bos=True)
+    assert ids == [1, 8, 10, 8] and tok.decode(ids[1:]) == "w5 w7 w5"
+    # Without tokenizer_config.json the ids come from config.json.
+    (path / "tokenizer_config.json").unlink()
+    tok = M.load_tokenizer(path)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
+
+
+# ------------------------------------------------------------------------ generation
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_greedy_equals_no_cache_argmax_loop(make_model, family):
+    model = make_model(**FAMILIES[family])
+    prompt = torch.randint(3, 128, (2, 5))
+    got = model.generate(prompt, max_new_tokens=8, eos_id=[])
+    ref = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            ref = torch.cat([ref, model(ref)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(got, ref)
+
+
+def test_sampling_same_seed_identical(make_model):
+    model = make_model()
+    prompt = torch.randint(3, 128, (2, 4))
+    kw = dict(max_new_tokens=10, temperature=1.5, top_k=20, top_p=0.9, eos_id=[])
+    runs = [model.generate(prompt, generator=torch.Generator().manual_seed(s), **kw)
+            for s in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    # top_k=1 leaves only the argmax: sampling then equals greedy decoding.
+    one = model.generate(prompt, 10, temperature=1.0, top_k=1, eos_id=[],
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(one, model.generate(prompt, 10, eos_id=[]))
+
+
+def test_generation_stops_at_eos(make_model):
+    model = make_model()
+    prompt = torch.randint(3, 128, (1, 4))
+    free = model.generate(prompt, 6, eos_id=[])
+    eos = int(free[0, 6])                    # the third generated token becomes "EOS"
+    stopped = model.generate(prompt, 6, eos_id=eos)
+    assert torch.equal(stopped, free[:, :7])
+
+
+# ------------------------------------------------------------------------------ LoRA
+def _lora_model(make_model, r=4, alpha=8.0, **kw):
+    model = make_model(**kw)
+    M.add_lora(model, r, alpha, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():                    # B = 0 at init; make it non-zero to test
+        for _, m in M.lora_modules(model):
+            m.lora_B.normal_(0, 0.1)
+    return model
+
+
+def test_e0_lora_forward_equals_wx_plus_sbax(make_model):
+    model = _lora_model(make_model, model_type="qwen2")     # qwen2: q/k/v carry a bias
+    m = model.model.layers[0].self_attn.q_proj
+    assert m.lora_A.dtype == torch.float32 and m.scaling == 2.0
+    assert not m.weight.requires_grad and m.lora_A.requires_grad
+    x = torch.randn(3, 64)
+    ref = x @ m.weight.T + m.bias + 2.0 * (x @ m.lora_A.T) @ m.lora_B.T
+    assert torch.allclose(m(x), ref, atol=ATOL32), _max_diff(m(x), ref)
+    # Kaiming-uniform(a=sqrt 5) bound 1/sqrt(n); B starts at zero after reset.
+    m.reset_lora()
+    assert m.lora_A.abs().max() <= 1 / math.sqrt(64) and not m.lora_B.any()
+
+
+def test_e0_merge_equals_w_plus_sba_and_is_idempotent(make_model):
+    model = _lora_model(make_model)
+    ids = torch.randint(0, 128, (1, 6))
+    with torch.no_grad():
+        before = model(ids)
+    m = model.model.layers[1].mlp.down_proj
+    want = m.weight + m.scaling * m.lora_B @ m.lora_A
+    M.merge_lora(model)
+    assert torch.allclose(m.weight, want, atol=ATOL32) and not m.lora_B.any()
+    w1 = m.weight.clone()
+    M.merge_lora(model)
+    assert torch.equal(m.weight, w1)
+    with torch.no_grad():
+        assert torch.allclose(model(ids), before, atol=1e-4), _max_diff(model(ids), before)
+
+
+def test_e0_masked_merge_keeps_every_masked_zero(make_model):
+    model = _lora_model(make_model)
+    masks = {n: torch.rand(m.weight.shape) > 0.5 for n, m in M.lora_modules(model)}
+    wants = {n: masks[n] * m.augmented_weight() for n, m in M.lora_modules(model)}
+    M.merge_lora(model, masks)
+    for n, m in M.lora_modules(model):
+        assert not m.weight[~masks[n]].any(), n
+        assert torch.allclose(m.weight, wants[n], atol=ATOL32), n
+
+
+def test_masked_adapter_mode_forward_is_masked_augmented_weight(make_model):
+    """SPEC 8 adapter_mode "masked": the layer computes (M * (W + s B A)) x."""
+    model = _lora_model(make_model)
+    m = model.model.layers[0].mlp.gate_proj
+    mask = torch.rand(m.weight.shape) > 0.5
+    m.set_mask(mask)
+    x = torch.randn(2, 64)
+    ref = x @ (mask * m.augmented_weight()).T
+    assert torch.allclose(m(x), ref, atol=ATOL32), _max_diff(m(x), ref)
+    assert "mlp.gate_proj.mask" not in "".join(model.state_dict())   # non-persistent
+
+
+def test_peft_adapters_round_trip(make_model, tmp_path):
+    model = _lora_model(make_model)
+    M.save_adapters(model, tmp_path / "ad")
+    cfg = json.loads((tmp_path / "ad/adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8.0
+    assert sorted(cfg["target_modules"]) == sorted(M.SEVEN_MAPS)
+    keys = set(load_file(tmp_path / "ad/adapter_model.safetensors"))
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+    assert len(keys) == 2 * 7 * 2
+    fresh = make_model()                     # same seed -> same base weights
+    M.load_adapters(fresh, tmp_path / "ad")
+    ids = torch.randint(0, 128, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), model(ids))
+
+
+def test_save_model_refuses_unmerged_adapters(make_model, tmp_path):
+    model = _lora_model(make_model)
+    with pytest.raises(ValueError, match="unmerged LoRA adapter"):
+        M.save_model(model, tmp_path / "x")
+    M.merge_lora(model)
+    M.save_model(model, tmp_path / "x")
+    assert not any(".lora_" in k for k in load_file(tmp_path / "x/model.safetensors"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_load_and_generate_match_cpu(tiny_ckpt):
+    """Same checkpoint on CUDA: logits agree with CPU; a CPU generator samples the same tokens."""
+    path, model = tiny_ckpt
+    gpu = M.load_model(path, device="cuda")
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        lg = gpu(ids.cuda()).cpu()
+    assert torch.allclose(lg, model(ids), atol=1e-4), _max_diff(lg, model(ids))
+    kw = dict(max_new_tokens=8, temperature=1.0, top_p=0.9, eos_id=[])
+    a = gpu.generate(ids.cuda(), generator=torch.Generator().manual_seed(3), **kw).cpu()
+    b = model.generate(ids, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(a[:, :9], ids) and a.shape == b.shape
+    greedy = gpu.generate(ids.cuda(), 8, eos_id=[]).cpu()
+    assert torch.equal(greedy, model.generate(ids, 8, eos_id=[]))
