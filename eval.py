@@ -1,0 +1,526 @@
+"""Evaluation (SPEC section 9): perplexity, classification / multiple choice, summarisation,
+relative performance (% of dense) and the sparsity report.
+
+* Perplexity: non-overlapping windows of the tokenised corpus (remainder dropped),
+  PPL = exp(total NLL / predicted tokens), recorded with corpus, seqlen, windows and dtype.
+* Classification: summed log-likelihood of each choice's continuation after the prompt
+  (deterministic) -> accuracy, macro-F1; or `generate` mode (greedy, answer parsed from text,
+  unparsable = wrong). Summarisation: greedy decoding (KV cache) -> ROUGE-1/2/L F1.
+* Relative performance: per-metric ratio to dense (perplexity inverted), mean x 100.
+
+Run:
+    python eval.py --model DIR --domain med --out runs/eval_med
+    python eval.py --model DIR --tasks a.jsonl b.jsonl --ppl-file corpus.txt --out runs/x
+    python eval.py --compare --domain med --sparsity 0.4 0.5 --out runs/compare_med
+Model interface: `model(input_ids (B,T)) -> logits (B,T,V)` at every position, `model.generate`;
+tokenizer `.encode(text, bos=False)`, `.decode(ids)`, `.eos_id` (model.py).
+"""
+import argparse
+import importlib
+import inspect
+import json
+import math
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _dtype(model):
+    return next(model.parameters()).dtype
+
+
+def _wide(t):
+    """Log-softmax in float32 at least (bf16/fp16 logits), float64 kept (tests)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_windows=None):
+    """SPEC 9 perplexity with its protocol (what results JSON records).
+
+    Each window of seqlen tokens predicts its last seqlen-1 tokens from the ones before it;
+    PPL = exp(total NLL / predicted tokens). (The Wanda/SparseGPT wikitext scripts divide by
+    n*seqlen instead, a factor seqlen/(seqlen-1) in the exponent.) max_windows: only the first
+    windows (quick CPU checks); recorded, so a partial corpus is never mistaken for the whole."""
+    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+    if seqlen < 2:
+        raise ValueError(f"eval.perplexity: seqlen must be >= 2, got {seqlen}")
+    n = ids.numel() // seqlen                                # remainder dropped (SPEC 9)
+    if n == 0:
+        raise ValueError(f"eval.perplexity: corpus has {ids.numel()} tokens, fewer than one "
+                         f"window of seqlen={seqlen}")
+    n = min(n, max_windows) if max_windows else n
+    windows = ids[: n * seqlen].view(n, seqlen)              # (n, seqlen)
+    device, was_training = _device(model), model.training
+    model.eval()
+    total = 0.0                                              # float64 sum over windows
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = windows[i:i + batch_size].to(device)         # (B, T)
+            logits = model(x)                                # (B, T, V)
+            for b in range(x.shape[0]):                      # float32 copy of one row at a time
+                total += F.cross_entropy(_wide(logits[b, :-1]), x[b, 1:], reduction="sum").item()
+    model.train(was_training)
+    return {"ppl": math.exp(total / (n * (seqlen - 1))), "corpus": corpus, "seqlen": seqlen,
+            "windows": n, "predicted_tokens": n * (seqlen - 1), "corpus_tokens": ids.numel(),
+            "dtype": str(_dtype(model)).replace("torch.", "")}
+
+
+def perplexity(model, token_ids, seqlen, batch_size=8):
+    """SPEC 9: exp(total NLL / predicted tokens) over non-overlapping windows -> float."""
+    return perplexity_record(model, token_ids, seqlen, batch_size=batch_size)["ppl"]
+
+
+# ----------------------------------------------------------------------------- choices
+
+def _prompt_ids(tok, prompt, max_len):
+    """[BOS] + prompt ids as data.encode_example builds them for fine-tuning (BOS only when
+    the tokenizer adds one); a too-long prompt keeps its end (cut from the left, as data.py)."""
+    ids, bos = tok.encode(prompt, bos=False), getattr(tok, "bos_id", None)
+    add = int(bos is not None and (getattr(tok, "add_bos", False) or not ids))  # empty: context
+    if not ids and not add:
+        raise ValueError("eval: empty prompt and the tokenizer has no bos_id")
+    if max_len:
+        ids = ids[max(len(ids) - (max_len - add), 0):]
+    return [bos] * add + ids
+
+
+def _supports_cache(model):
+    return "cache" in inspect.signature(model.forward).parameters
+
+
+def choice_logliks(model, prompt_ids, choice_ids, batched=True):
+    """Summed log p(choice tokens | prompt) per choice; exact token boundaries.
+
+    batched=True: the prompt runs once; its last position scores every choice's first token
+    (one-token label words such as yes/no/maybe need nothing more). Longer choices continue
+    from the prompt's KV cache, copied to C rows, as one right-padded (C, L-1) batch; causal
+    attention means the padding after a row's last real token cannot change its logits.
+    A model without a `cache` argument gets one right-padded batch of prompt+choice rows
+    instead (the prompt is then recomputed per row, in the same forward).
+    batched=False: one full forward per prompt+choice row (the reference the tests use)."""
+    if not prompt_ids:
+        raise ValueError("eval.choice_logliks: prompt_ids is empty (need >= 1 context token)")
+    if any(len(c) == 0 for c in choice_ids):
+        raise ValueError("eval.choice_logliks: a choice tokenised to zero tokens")
+    device, P, C = _device(model), len(prompt_ids), len(choice_ids)
+    L = max(len(c) for c in choice_ids)
+
+    def picked(logits, targets):               # logits (n, V), targets list[int] -> sum log p
+        logp = torch.log_softmax(_wide(logits), dim=-1)
+        return logp.gather(1, torch.tensor(targets, device=logp.device)[:, None]).sum().item()
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        if not batched:                          # position P-1+j predicts choice token j
+            scores = [picked(model(torch.tensor([prompt_ids + c], device=device))[0, P - 1:-1],
+                             c) for c in choice_ids]
+        elif L == 1 or _supports_cache(model):
+            cache = None                         # model.py's KVCache, from the model's module
+            if L > 1:
+                cache = importlib.import_module(type(model).__module__).KVCache(
+                    len(model.model.layers))
+            x = torch.tensor([prompt_ids], device=device)                       # (1, P)
+            first = (model(x) if cache is None else model(x, cache=cache))[0, -1]
+            scores = [picked(first[None], c[:1]) for c in choice_ids]         # token 0
+            if L > 1:
+                for lay in cache.layers:        # (1, Hkv, P, D) -> (C, Hkv, P, D), no copy yet
+                    lay.k, lay.v = lay.k.expand(C, -1, -1, -1), lay.v.expand(C, -1, -1, -1)
+                x = torch.tensor([c[:-1] + [0] * (L - len(c)) for c in choice_ids], device=device)
+                rest = model(x, cache=cache)    # (C, L-1, V): position j predicts token j+1
+                scores = [s + (picked(rest[i, :len(c) - 1], c[1:]) if len(c) > 1 else 0.0)
+                          for i, (s, c) in enumerate(zip(scores, choice_ids))]
+        else:
+            x = torch.tensor([prompt_ids + c + [0] * (L - len(c)) for c in choice_ids],
+                             device=device)    # (C, P+L)
+            logits = model(x)
+            scores = [picked(logits[i, P - 1:P - 1 + len(c)], c)
+                      for i, c in enumerate(choice_ids)]
+    model.train(was_training)
+    return scores
+
+
+def score_choices(model, tok, prompt, choices, batched=True, max_len=None):
+    """SPEC 9: summed log-likelihood of each choice text after the prompt.
+
+    Prompt and choice are tokenised separately and the ids concatenated, so the boundary is
+    exactly where the data puts it (as fine-tuning does with prompt/completion)."""
+    choice_ids = [tok.encode(c, bos=False) for c in choices]
+    room = max_len - max(len(c) for c in choice_ids) if max_len else None
+    return choice_logliks(model, _prompt_ids(tok, prompt, room), choice_ids, batched)
+
+
+def _norm_words(text):
+    # rouge-score tokenisation (SPEC 9): lowercase, non-alphanumerics -> space, split
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def parse_answer(text, choices):
+    """Index of the choice a generated answer names, or None (counted wrong).
+
+    In order: (1) the answer starts with a choice's words (the longest such choice: label
+    words like "yes", or a whole option text); (2) a letter A-E / a-e first, alone or followed
+    by ).: ("B", "(b)", "c)"); (3) exactly one choice's words occur somewhere in the answer."""
+    words = _norm_words(text)
+    cw = [_norm_words(c) for c in choices]
+    starts = [i for i, c in enumerate(cw) if c and words[:len(c)] == c]
+    if starts:
+        best = max(len(cw[i]) for i in starts)
+        hits = [i for i in starts if len(cw[i]) == best]
+        if len(hits) == 1:
+            return hits[0]
+    m = re.match(r"\s*\(?([A-Ea-e])(?:[).:]|\s*$|\s*\n)", text)  # "A patient" is no letter
+    if m and ord(m.group(1).upper()) - 65 < len(choices):
+        return ord(m.group(1).upper()) - 65
+    padded = " " + " ".join(words) + " "
+    inside = [i for i, c in enumerate(cw) if c and (" " + " ".join(c) + " ") in padded]
+    return inside[0] if len(inside) == 1 else None
+
+
+def macro_f1(predictions, labels):
+    """Macro-F1, sklearn convention: classes = union of labels and predictions; per class
+    F1 = 2TP / (2TP + FP + FN), 0 when TP = 0. A prediction of None (unparsable answer) is
+    wrong (a false negative of its true class) but adds no class of its own."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"eval.macro_f1: {len(predictions)} predictions, {len(labels)} labels")
+    classes = sorted(set(labels) | {p for p in predictions if p is not None})
+    if not classes:
+        return 0.0
+    f1s = []
+    for c in classes:
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
+        fp = sum(p == c and y != c for p, y in zip(predictions, labels))
+        fn = sum(p != c and y == c for p, y in zip(predictions, labels))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(f1s) / len(f1s)
+
+
+# ----------------------------------------------------------------------------- generation
+
+def greedy(model, tok, prompt, max_new_tokens, max_len=None):
+    """Greedy decoding with the model's KV cache; returns the new text, cut at EOS."""
+    room = max_len - max_new_tokens if max_len else None
+    ids = _prompt_ids(tok, prompt, room)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():                       # eos_id None: the model's config EOS
+        out = model.generate(torch.tensor([ids], device=_device(model)), max_new_tokens,
+                             eos_id=tok.eos_id)
+    model.train(was_training)
+    eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    eos = {tok.eos_id} | set(eos if isinstance(eos, list) else [eos])
+    new = out[0, len(ids):].tolist()            # generate returns prompt + new tokens
+    cut = [i for i, t in enumerate(new) if t in eos]
+    return tok.decode(new[:cut[0]] if cut else new)
+
+
+def _ngrams(words, n):
+    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def _f1(overlap, n_pred, n_ref):
+    p = overlap / n_pred if n_pred else 0.0
+    r = overlap / n_ref if n_ref else 0.0
+    return 2 * p * r / (p + r) if p > 0 and r > 0 else 0.0
+
+
+def _lcs(a, b):
+    prev = [0] * (len(b) + 1)                  # one DP row, O(len(a) * len(b)) time
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge(prediction, reference):
+    """ROUGE-1/2/L F1 with rouge-score semantics (no stemming): clipped n-gram overlap for
+    ROUGE-N, longest common subsequence for ROUGE-L, F1 = 2PR/(P+R), 0 if P or R is 0."""
+    p, r = _norm_words(prediction), _norm_words(reference)
+    out = {}
+    for n in (1, 2):                          # Counter & Counter: per-n-gram min (clipping)
+        gp, gr = _ngrams(p, n), _ngrams(r, n)
+        out[f"rouge{n}"] = _f1(sum((gp & gr).values()), sum(gp.values()), sum(gr.values()))
+    out["rougeL"] = _f1(_lcs(p, r), len(p), len(r))
+    return out
+
+
+# ----------------------------------------------------------------------------- tasks
+
+def task_kind(name, examples):
+    """'classification' if examples carry choices, 'summarisation' if a reference."""
+    kinds = {"classification" if "choices" in ex else "summarisation" if "reference" in ex
+             else None for ex in examples}
+    if len(kinds) != 1 or None in kinds:
+        raise ValueError(f"eval: task {name!r}: every example needs 'choices'+'label' "
+                         f"(classification) or 'reference' (summarisation), not a mix")
+    return kinds.pop()
+
+
+def eval_classification(model, tok, name, examples, mode="loglik", max_new_tokens=16,
+                        max_len=None, log=print, every=50):
+    preds, labels, t0 = [], [], time.time()
+    for i, ex in enumerate(examples):
+        if not 0 <= ex["label"] < len(ex["choices"]):
+            raise ValueError(f"eval: task {name!r} example {i}: label {ex['label']} outside "
+                             f"0..{len(ex['choices']) - 1}")
+        if mode == "loglik":
+            s = score_choices(model, tok, ex["prompt"], ex["choices"], max_len=max_len)
+            preds.append(max(range(len(s)), key=s.__getitem__))   # ties -> lowest index
+        elif mode == "generate":
+            preds.append(parse_answer(greedy(model, tok, ex["prompt"], max_new_tokens, max_len),
+                                      ex["choices"]))
+        else:
+            raise ValueError(f"eval: mode must be 'loglik' or 'generate', got {mode!r}")
+        labels.append(ex["label"])
+        if (i + 1) % every == 0 or i + 1 == len(examples):
+            acc = sum(p == y for p, y in zip(preds, labels)) / len(labels)
+            log(f"[eval] {name} {i + 1}/{len(examples)} acc {acc:.4f} {time.time() - t0:.0f}s")
+    return {"kind": "classification", "mode": mode, "n": len(labels),
+            "accuracy": sum(p == y for p, y in zip(preds, labels)) / len(labels),
+            "macro_f1": macro_f1(preds, labels), "unparsable": preds.count(None),
+            "time_s": round(time.time() - t0, 2)}
+
+
+def eval_summarisation(model, tok, name, examples, max_new_tokens=128, max_len=None,
+                       log=print, every=10):
+    totals, samples, t0 = Counter(), [], time.time()
+    for i, ex in enumerate(examples):
+        pred = greedy(model, tok, ex["prompt"], max_new_tokens, max_len).strip()
+        totals.update(rouge(pred, ex["reference"]))
+        if len(samples) < 2:
+            samples.append({"prediction": pred, "reference": ex["reference"]})
+        if (i + 1) % every == 0 or i + 1 == len(examples):
+            log(f"[eval] {name} {i + 1}/{len(examples)} rougeL {totals['rougeL'] / (i + 1):.4f}"
+                f" {time.time() - t0:.0f}s")
+    n = len(examples)                          # corpus score = mean of per-example F1
+    return {"kind": "summarisation", "n": n, "max_new_tokens": max_new_tokens,
+            **{k: totals[k] / n for k in ("rouge1", "rouge2", "rougeL")},
+            "samples": samples, "time_s": round(time.time() - t0, 2)}
+
+
+HEADLINE = {"classification": ("accuracy", "macro_f1"),
+            "summarisation": ("rouge1", "rouge2", "rougeL")}
+
+
+def evaluate(model, tok, tasks, ppl_text=None, seqlen=512, max_examples=None, mode="loglik",
+             max_new_tokens=128, ppl_corpus="ppl_text", ppl_max_windows=None, log=print):
+    """Run every task (dict name -> examples) and the perplexity corpus.
+
+    Returns {"ppl": record or None, "tasks": {name: metrics}, "metrics": flat
+    {"ppl", "task/metric": value}} (the flat dict is what relative_performance takes)."""
+    if mode not in ("loglik", "generate"):
+        raise ValueError(f"eval.evaluate: mode must be 'loglik' or 'generate', got {mode!r}")
+    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    out = {"ppl": None, "tasks": {}, "metrics": {}}
+    for name, examples in tasks.items():
+        examples = examples[:max_examples] if max_examples else examples
+        if not examples:
+            raise ValueError(f"eval: task {name!r} has no examples")
+        kind = task_kind(name, examples)
+        log(f"[eval] {name}: {len(examples)} {kind} examples")
+        if kind == "classification":
+            res = eval_classification(model, tok, name, examples, mode, max_len=max_len, log=log)
+        else:
+            res = eval_summarisation(model, tok, name, examples, max_new_tokens, max_len, log)
+        out["tasks"][name] = res
+        out["metrics"].update({f"{name}/{k}": res[k] for k in HEADLINE[kind]})
+    if ppl_text:
+        ids = tok.encode(ppl_text, bos=False)       # tokenised once (SPEC 9)
+        rec = perplexity_record(model, ids, min(seqlen, len(ids)), ppl_corpus,
+                                max_windows=ppl_max_windows)
+        log(f"[eval] ppl {rec['ppl']:.3f} ({rec['windows']} windows of {rec['seqlen']})")
+        out["ppl"], out["metrics"]["ppl"] = rec, rec["ppl"]
+    return out
+
+
+def relative_performance(method_metrics, dense_metrics):
+    """SPEC 9: per metric m_method / m_dense (perplexity: ppl_dense / ppl_method); mean x 100.
+
+    Both arguments are flat {metric: value}; a metric is a perplexity when its name contains
+    'ppl' or 'perplexity'. Metrics missing on either side or with a zero denominator are
+    listed under 'skipped' rather than guessed."""
+    ratios, skipped = {}, []
+    for k, d in dense_metrics.items():
+        m = method_metrics.get(k)
+        is_ppl = "ppl" in k.lower() or "perplexity" in k.lower()
+        num, den = (d, m) if is_ppl else (m, d)
+        if m is None or not den:
+            skipped.append(k)
+            continue
+        ratios[k] = num / den
+    mean = 100 * sum(ratios.values()) / len(ratios) if ratios else float("nan")
+    return {"ratios": ratios, "percent_of_dense": mean, "skipped": skipped}
+
+
+def sparsity_report(model, nm=None):
+    """SPEC 9: exact zeros of the weight each of the seven maps uses in its forward (with a
+    'masked' adapter: M * (W + s B A)), per map, per block and overall, each as {"zeros",
+    "numel", "sparsity"} (efx.prune's format); with nm=(N, M), "nm_valid": every group of M
+    consecutive columns holds >= N zeros in every row. Storage stays dense: the saved file
+    does not shrink."""
+    from model import SEVEN_MAPS
+    per_map, per_block, nm_ok = {}, {}, True
+    for name, mod in model.named_modules():
+        if name.rsplit(".", 1)[-1] not in SEVEN_MAPS:
+            continue
+        with torch.no_grad():
+            W = mod.augmented_weight() if hasattr(mod, "augmented_weight") else mod.weight
+            W = W * mod.mask if getattr(mod, "mask", None) is not None else W
+        per_map[name] = (int((W == 0).sum()), W.numel())
+        blk = name.split(".layers.")[1].split(".")[0] if ".layers." in name else "?"
+        per_block[blk] = tuple(a + b for a, b in zip(per_block.get(blk, (0, 0)), per_map[name]))
+        if nm is not None:                  # (m, n/M, M) groups; a ragged last group fails
+            nm_ok &= W.shape[1] % nm[1] == 0 and bool(
+                ((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
+
+    def entry(z, t):
+        return {"zeros": z, "numel": t, "sparsity": z / max(t, 1)}
+    return {"overall": entry(*(sum(v[i] for v in per_map.values()) for i in (0, 1))),
+            "per_block": {k: entry(*v) for k, v in per_block.items()},
+            "per_map": {k: entry(*v) for k, v in per_map.items()}, "nm": nm,
+            "nm_valid": nm_ok if nm else None}
+
+
+# ----------------------------------------------------------------------------- tables, CLI
+
+def markdown_table(rows, metric_keys):
+    """rows: dicts with 'name', 'metrics' and optional 'zeros', 'rel', 'wall_s', 'peak_gb'."""
+    names = {"zeros": "zeros %", "rel": "% of dense", "wall_s": "wall s", "peak_gb": "peak GB"}
+    extra = [k for k in names if any(k in r for r in rows)]
+    head = ["method"] + list(metric_keys) + [names[k] for k in extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [r["name"]] + [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-"
+                              for k in metric_keys]
+        vals += [f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-" for k in extra]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# Method -> the train.py config fields that select it (see compare()).
+METHODS = {"dense_lora": {"method": "dense"},
+           "wanda_lora": {"method": "wanda"},
+           "sparsegpt_lora": {"method": "sparsegpt"},
+           "efx": {"method": "efx", "pbs": False},
+           "efx_pbs": {"method": "efx", "pbs": True}}
+
+
+def compare(domain, sparsities, methods=tuple(METHODS), base_cfg=None, out=None, log=print,
+            **eval_kw):
+    """Train every method on the same data and budget, evaluate each the same way (issue 5).
+
+    Uses train.run(cfg: dict) -> dict with "model" (the final, merged nn.Module) and optionally
+    "tokenizer", "peak_gb", "wall_s"; cfg = {"eval": False} + base_cfg (the same budget for
+    all) + {"domain", "sparsity", "out": <out>/<method>_<sparsity>, "method":
+    dense|wanda|sparsegpt|efx, "pbs"}. The dense run is trained once, at sparsity 0. eval_kw go
+    to evaluate() (seqlen, max_examples, mode, ppl_max_windows, ...)."""
+    import data
+    import model as model_mod
+    import train
+    dom = data.default_domain(domain)
+    runs = [("dense_lora", 0.0)] if "dense_lora" in methods else []
+    runs += [(m, s) for s in sparsities for m in methods if m != "dense_lora"]
+    root, rows = Path(out or (base_cfg or {}).get("out") or "runs/compare"), []
+    for name, s in runs:                        # train's own evaluation off: done here, alike
+        cfg = {"eval": False, **(base_cfg or {}), "domain": domain, "sparsity": s,
+               "out": str(root / f"{name}_{s:g}"), **METHODS[name]}
+        log(f"[compare] {name} sparsity {s}")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.time()
+        res = train.run(cfg)
+        wall, peak = res.get("wall_s", time.time() - t0), res.get("peak_gb")
+        if peak is None and torch.cuda.is_available():   # CPU: unknown unless train reports it
+            peak = torch.cuda.max_memory_allocated() / 2**30
+        model = res["model"]
+        tok = res.get("tokenizer") or model_mod.load_tokenizer(model.path)
+        e = evaluate(model, tok, dom["test"], dom.get("ppl_text"), log=log,
+                     ppl_corpus=f"{domain}:ppl_text", **eval_kw)
+        rows.append({"name": f"{name} @{s:.0%}", "method": name, "sparsity": s, "cfg": cfg,
+                     "metrics": e["metrics"], "eval": e, "wall_s": wall, "peak_gb": peak,
+                     "zeros": 100 * sparsity_report(model)["overall"]["sparsity"]})
+        del model, res                          # free the device before the next run
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    dense = next((r for r in rows if r["method"] == "dense_lora"), None)
+    for r in rows if dense else []:             # rel_detail lists ratios and skipped metrics
+        r["rel_detail"] = relative_performance(r["metrics"], dense["metrics"])
+        r["rel"] = r["rel_detail"]["percent_of_dense"]
+    table = markdown_table(rows, list(rows[0]["metrics"]) if rows else [])
+    if out:
+        _write(out, {"domain": domain, "sparsities": list(sparsities), "eval": eval_kw,
+                     "rows": rows}, table)
+    return {"rows": rows, "table": table}
+
+
+def _write(out, results, table):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(table)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="HF-layout model directory")
+    ap.add_argument("--domain", choices=["med", "legal"])
+    ap.add_argument("--tasks", nargs="+", help="JSONL task files (SPEC 10); name = file stem")
+    ap.add_argument("--ppl-file", help="text file for perplexity (default: the domain's)")
+    ap.add_argument("--out", default="runs/eval")
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--max-examples", type=int, help="first N examples per task")
+    ap.add_argument("--ppl-max-windows", type=int, help="first N perplexity windows only")
+    ap.add_argument("--mode", choices=["loglik", "generate"], default="loglik")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="summaries (answers: 16)")
+    ap.add_argument("--device")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ap.add_argument("--compare", action="store_true")
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.4, 0.5])
+    ap.add_argument("--train-config", help="JSON of train.py config fields for --compare")
+    args = ap.parse_args(argv)
+    eval_kw = dict(seqlen=args.seqlen, max_examples=args.max_examples, mode=args.mode,
+                   max_new_tokens=args.max_new_tokens, ppl_max_windows=args.ppl_max_windows)
+    if args.compare:
+        if not args.domain:
+            ap.error("--compare needs --domain")
+        base = json.loads(Path(args.train_config).read_text()) if args.train_config else {}
+        if args.model:
+            base.setdefault("model", args.model)
+        print(compare(args.domain, args.sparsity, base_cfg=base, out=args.out, **eval_kw)["table"])
+        return
+    if not args.model or not (args.domain or args.tasks):
+        ap.error("need --model and one of --domain / --tasks")
+    import data
+    import model as model_mod
+    device = torch.device(args.device) if args.device else model_mod.pick_device()
+    model = model_mod.load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    tok = model_mod.load_tokenizer(args.model)
+    tasks, ppl_text, corpus = {}, None, ""
+    if args.domain:
+        dom = data.default_domain(args.domain)
+        tasks, ppl_text, corpus = dict(dom["test"]), dom.get("ppl_text"), f"{args.domain}:ppl_text"
+    for f in args.tasks or []:
+        tasks[Path(f).stem] = data.load_jsonl_tasks(f)
+    if args.ppl_file:
+        ppl_text, corpus = Path(args.ppl_file).read_text(), args.ppl_file
+    res = evaluate(model, tok, tasks, ppl_text, ppl_corpus=corpus, **eval_kw)
+    res.update(sparsity=sparsity_report(model), config=vars(args))
+    table = markdown_table([{"name": Path(args.model).name, "metrics": res["metrics"]}],
+                           list(res["metrics"]))
+    _write(args.out, res, table)
+    print(table)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""Tests of eval.py (SPEC section 9) on hand-built fakes and, when model.py exists, a tiny
+Transformer. Every expected number is derived by hand in the comments."""
+import math
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+import eval as ev  # noqa: E402
+
+TOL32 = 1e-5        # float32 logits
+
+
+class Uniform(nn.Module):
+    """All-zero logits: every token has probability 1/V."""
+    def __init__(self, V):
+        super().__init__()
+        self.V, self.p = V, nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.zeros(*x.shape, self.V) + 0 * self.p
+
+
+class Bigram(nn.Module):
+    """logits[t] = log P[x_t]: the next-token distribution depends on the last token only,
+    so log-likelihoods can be written down by hand."""
+    def __init__(self, P):
+        super().__init__()
+        self.logP = nn.Parameter(torch.tensor(P, dtype=torch.float32).log(), requires_grad=False)
+
+    def forward(self, x):
+        return self.logP[x]                              # (B, T, V)
+
+
+class CumSum(nn.Module):
+    """Causal and dependent on the whole prefix: logits[t] = (sum_{s<=t} E[x_s]) @ Wout.
+    A stand-in for a transformer when checking batched vs unbatched choice scoring."""
+    def __init__(self, V, d=8, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.E = nn.Parameter(torch.randn(V, d, generator=g))
+        self.Wout = nn.Parameter(torch.randn(d, V, generator=g))
+
+    def forward(self, x):
+        return self.E[x].cumsum(1) @ self.Wout
+
+    def generate(self, ids, max_new_tokens, eos_id=None):   # greedy, no cache (fake)
+        for _ in range(max_new_tokens):
+            nxt = self(ids)[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+            if eos_id is not None and nxt.item() == eos_id:
+                break
+        return ids
+
+
+class Scripted(nn.Module):
+    """generate() appends a fixed token string (tests the parse path)."""
+    def __init__(self, tok, answers):
+        super().__init__()
+        self.tok, self.answers, self.p = tok, list(answers), nn.Parameter(torch.zeros(1))
+
+    def generate(self, ids, max_new_tokens, eos_id=None):
+        new = self.tok.encode(self.answers.pop(0)) + [self.tok.eos_id]
+        return torch.cat([ids, torch.tensor([new])], 1)
+
+
+class CharTok:
+    """Character-level tokenizer; the last id is EOS."""
+    chars = "abcdefghijklmnopqrstuvwxyz ?:.,()ABCDE"
+
+    def __init__(self):
+        self.vocab_size = len(self.chars) + 1
+        self.eos_id, self.bos_id, self.pad_id = len(self.chars), None, None
+
+    def encode(self, text, bos=False):
+        return [self.chars.index(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids if i < len(self.chars))
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+def test_sec9_ppl_uniform_equals_vocab():
+    V = 37
+    ids = torch.randint(0, V, (100,), generator=torch.Generator().manual_seed(0))
+    assert abs(ev.perplexity(Uniform(V), ids, seqlen=16, batch_size=4) - V) < TOL32 * V
+    rec = ev.perplexity_record(Uniform(V), ids.tolist(), 16, corpus="rand")
+    # 100 // 16 = 6 windows (4 tokens dropped), each predicting 15 tokens
+    assert (rec["windows"], rec["predicted_tokens"], rec["seqlen"]) == (6, 90, 16)
+    assert rec["corpus"] == "rand" and rec["dtype"] == "float32"
+
+
+def test_sec9_ppl_hand_and_remainder_dropped():
+    P = [[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]
+    m = Bigram(P)
+    # windows [0,1,2] and [2,2,0]; the trailing 1 is dropped.
+    # NLL = -log P[0][1] - log P[1][2] - log P[2][2] - log P[2][0] over 4 predicted tokens
+    nll = -(math.log(0.6) + math.log(0.25) + math.log(0.6) + math.log(0.2))
+    want = math.exp(nll / 4)
+    assert abs(ev.perplexity(m, [0, 1, 2, 2, 2, 0, 1], 3) - want) < TOL32 * want
+    assert abs(ev.perplexity(m, [0, 1, 2, 2, 2, 0, 2], 3, batch_size=1) - want) < TOL32 * want
+    with pytest.raises(ValueError, match="fewer than one window"):
+        ev.perplexity(m, [0, 1], 3)
+
+
+# ----------------------------------------------------------------------------- choices
+
+def test_sec9_choice_loglik_hand_and_known_answer():
+    P = [[0.1, 0.6, 0.2, 0.1], [0.1, 0.1, 0.7, 0.1], [0.25] * 4, [0.4, 0.3, 0.2, 0.1]]
+    m = Bigram(P)
+    # prompt [0]; choice A = [1, 2]: log P[0][1] + log P[1][2] = log .6 + log .7 = log .42
+    #             choice B = [3]:    log P[0][3] = log .1
+    #             choice C = [2, 3]: log P[0][2] + log P[2][3] = log .2 + log .25 = log .05
+    want = [math.log(0.42), math.log(0.1), math.log(0.05)]
+    for batched in (True, False):
+        got = ev.choice_logliks(m, [0], [[1, 2], [3], [2, 3]], batched=batched)
+        assert max(abs(a - b) for a, b in zip(got, want)) < TOL32
+    # through the classification loop: the known answer A (label 0) wins
+    tok = types.SimpleNamespace(encode=lambda t, bos=False: [int(c) for c in t], eos_id=None)
+    res = ev.eval_classification(m, tok, "t", [{"prompt": "0", "choices": ["12", "3", "23"],
+                                                "label": 0}], log=lambda *_: None)
+    assert res["accuracy"] == 1.0 and res["macro_f1"] == 1.0
+
+
+def test_sec9_batched_choices_equal_unbatched():
+    tok = CharTok()
+    m = CumSum(tok.vocab_size)
+    prompt = "question: is the sky blue? answer:"
+    for choices in ([" yes", " no", " maybe"], [" y", " n", " m"], ["(A) x", "(B) yy", " zzz."]):
+        a = ev.score_choices(m, tok, prompt, choices, batched=True)
+        b = ev.score_choices(m, tok, prompt, choices, batched=False)
+        assert max(abs(x - y) for x, y in zip(a, b)) < TOL32, (choices, a, b)
+    # tokenised separately: the boundary is exactly len(prompt ids)
+    a = ev.score_choices(m, tok, "ab", ["c"])[0]
+    logp = torch.log_softmax(m(torch.tensor([[0, 1]]))[0, -1], -1)
+    assert abs(a - logp[2].item()) < TOL32
+
+
+def test_sec9_batched_choices_tiny_transformer(make_model):
+    # the real model: prompt once, choices continued from its KV cache copied to C rows
+    m = make_model(seed=3).double()
+    with torch.no_grad():                     # sharper than the 0.02 init, so choices differ
+        for p in m.parameters():
+            p.mul_(10) if p.dim() == 2 else None
+    prompt = [3, 7, 9, 11, 4]
+    for choices in ([[5, 6, 7], [8], [9, 10, 11, 12, 13]], [[5], [8], [100]]):
+        a = ev.choice_logliks(m, prompt, choices, batched=True)
+        b = ev.choice_logliks(m, prompt, choices, batched=False)
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-10, (a, b)
+        assert len(set(a)) == len(a)
+    assert not m.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sec9_batched_choices_cuda_bf16(make_model):
+    # bf16 on the GPU: cached (SDPA with an explicit mask) vs full causal forward may differ
+    # by bf16 rounding of the activations; log-softmax itself runs in float32
+    m = make_model(seed=3).to("cuda", torch.bfloat16)
+    prompt, choices = [3, 7, 9, 11, 4], [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    a = ev.choice_logliks(m, prompt, choices, batched=True)
+    b = ev.choice_logliks(m, prompt, choices, batched=False)
+    assert max(abs(x - y) for x, y in zip(a, b)) < 0.05, (a, b)
+    ids = torch.randint(0, 128, (300,), generator=torch.Generator().manual_seed(0))
+    assert ev.perplexity(m, ids, 64) == pytest.approx(ev.perplexity(m.float(), ids, 64), rel=0.02)
+
+
+def test_sec9_macro_f1_hand():
+    # class 0: TP 1 (i0), FP 1 (i1), FN 1 (i5)   -> 2/(2+1+1) = 1/2
+    # class 1: TP 1 (i2), FP 0,      FN 1 (i1)   -> 2/(2+0+1) = 2/3
+    # class 2: TP 2 (i3,i4), FP 1 (i5), FN 0     -> 4/(4+1+0) = 4/5
+    preds, labels = [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0]
+    assert abs(ev.macro_f1(preds, labels) - (1 / 2 + 2 / 3 + 4 / 5) / 3) < 1e-12
+    # a class only predicted counts (sklearn union): class 0 -> 2/3, class 1 -> 0; mean 1/3
+    assert abs(ev.macro_f1([0, 1], [0, 0]) - 1 / 3) < 1e-12
+    # unparsable (None) is wrong but not a class: class 0 TP 1 FN 1 -> 2/3
+    assert abs(ev.macro_f1([None, 0], [0, 0]) - 2 / 3) < 1e-12
+
+
+# ----------------------------------------------------------------------------- generation
+
+def test_sec9_parse_answer():
+    yn = ["yes", "no", "maybe"]
+    assert ev.parse_answer(" yes, because the trial shows it", yn) == 0
+    assert ev.parse_answer("No.", yn) == 1
+    assert ev.parse_answer("I would say maybe.", yn) == 2        # the only choice inside
+    assert ev.parse_answer("It is unclear", yn) is None          # unparsable
+    assert ev.parse_answer("neither yes nor no", yn) is None     # ambiguous
+    assert ev.parse_answer("A patient was seen", ["yes", "no"]) is None  # "A" is not a letter
+    hold = ["holding that the contract is void", "holding that the claim is barred",
+            "holding that", "holding x", "holding y"]
+    assert ev.parse_answer("B", hold) == 1
+    assert ev.parse_answer(" (C) because", hold) == 2
+    assert ev.parse_answer("E.", hold) == 4
+    assert ev.parse_answer("c) the third", hold) == 2 and ev.parse_answer("d", hold) == 3
+    assert ev.parse_answer("E", hold[:3]) is None                # no fifth choice
+    assert ev.parse_answer("Holding that the claim is barred.", hold) == 1  # longest prefix
+
+
+def test_sec9_generate_mode_counts_unparsable_wrong():
+    tok = CharTok()
+    exs = [{"prompt": "q?", "choices": ["yes", "no", "maybe"], "label": y} for y in (0, 1, 2)]
+    m = Scripted(tok, ["yes", "hmm", "maybe."])
+    res = ev.eval_classification(m, tok, "t", exs, mode="generate", log=lambda *_: None)
+    assert res["accuracy"] == pytest.approx(2 / 3) and res["unparsable"] == 1
+    # classes {0,1,2}: F1 1, 0 (FN only), 1 -> 2/3
+    assert res["macro_f1"] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------- ROUGE
+
+def test_sec9_rouge_hand():
+    # p = the cat sat on the mat, r = the cat is on the mat (6 tokens each, punctuation gone)
+    # ROUGE-1: overlap the:min(2,2) + cat + on + mat = 5 -> P = R = 5/6
+    # ROUGE-2: p {the cat, cat sat, sat on, on the, the mat}, r {the cat, cat is, is on,
+    #          on the, the mat}: overlap 3 of 5 each -> 3/5
+    # ROUGE-L: LCS "the cat on the mat" = 5 -> 5/6
+    s = ev.rouge("The cat sat on the mat.", "The cat is on the mat!")
+    assert s == pytest.approx({"rouge1": 5 / 6, "rouge2": 3 / 5, "rougeL": 5 / 6})
+    # clipping: "the the the" vs "the cat": unigram overlap min(3,1) = 1, P 1/3, R 1/2,
+    # F1 = 2(1/6)/(5/6) = 2/5; no shared bigram; LCS 1 -> 2/5
+    s = ev.rouge("the the the", "the cat")
+    assert s == pytest.approx({"rouge1": 0.4, "rouge2": 0.0, "rougeL": 0.4})
+    # order: all unigrams shared, no bigram, LCS of a b c d / d c b a is 1 -> 1/4
+    assert ev.rouge("a b c d", "d c b a") == pytest.approx(
+        {"rouge1": 1.0, "rouge2": 0.0, "rougeL": 0.25})
+    # case and non-alphanumerics: "don't" -> "don t"; no stemming ("cats" != "cat")
+    assert ev.rouge("Hello, WORLD! don't", "hello world don t")["rougeL"] == pytest.approx(1)
+    assert ev.rouge("cats", "cat")["rouge1"] == 0.0
+    assert ev.rouge("", "anything") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+
+
+# ----------------------------------------------------------------------------- % of dense
+
+def test_sec9_relative_performance():
+    # acc 0.5 / 0.625 = 0.8; ppl inverted 16 / 20 = 0.8; rougeL 0.3 / 0.2 = 1.5
+    # mean (0.8 + 0.8 + 1.5) / 3 x 100 = 103.33...; "x/f1" absent on the method side
+    r = ev.relative_performance({"a/accuracy": 0.5, "ppl": 20.0, "s/rougeL": 0.3},
+                                {"a/accuracy": 0.625, "ppl": 16.0, "s/rougeL": 0.2,
+                                 "x/f1": 0.5})
+    assert r["ratios"] == pytest.approx({"a/accuracy": 0.8, "ppl": 0.8, "s/rougeL": 1.5})
+    assert r["percent_of_dense"] == pytest.approx(310 / 3) and r["skipped"] == ["x/f1"]
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def test_sec9_evaluate_dispatch_and_greedy():
+    tok = CharTok()
+    m = CumSum(tok.vocab_size, seed=1)
+    tasks = {"qa": [{"prompt": "is it? ", "completion": "yes", "choices": ["yes", "no"],
+                     "label": 0}] * 3,
+             "sum": [{"prompt": "text: abc. summary:", "completion": "ab", "reference": "ab"}]}
+    lines = []
+    res = ev.evaluate(m, tok, tasks, ppl_text="the quick brown fox jumps over the lazy dog",
+                      seqlen=8, max_new_tokens=6, log=lines.append)
+    assert set(res["metrics"]) == {"qa/accuracy", "qa/macro_f1", "sum/rouge1", "sum/rouge2",
+                                   "sum/rougeL", "ppl"}
+    assert res["ppl"]["windows"] == 43 // 8 and lines
+    # the summary equals a hand-rolled greedy loop on the same model
+    pred = ev.greedy(m, tok, "text: abc. summary:", 6).strip()
+    assert res["tasks"]["sum"]["rougeL"] == pytest.approx(ev.rouge(pred, "ab")["rougeL"])
+    with pytest.raises(ValueError, match="not a mix"):
+        ev.evaluate(m, tok, {"bad": [{"prompt": "a", "completion": "b"}]}, log=lines.append)
+
+
+def test_sec9_markdown_table():
+    t = ev.markdown_table([{"name": "dense", "metrics": {"ppl": 12.5}, "rel": 100.0}], ["ppl"])
+    assert t.splitlines()[0] == "| method | ppl | % of dense |"
+    assert t.splitlines()[2] == "| dense | 12.5000 | 100.0 |"
+
+
+# ----------------------------------------------------------------------------- report, CLI
+
+def test_sec9_sparsity_report(make_model):
+    m = make_model()
+    with torch.no_grad():
+        q = m.model.layers[0].self_attn.q_proj.weight          # (64, 64): 2:4 by hand
+        q.view(q.shape[0], -1, 4)[:, :, :2] = 0                # first 2 of every 4 -> 1/2
+        m.model.layers[1].mlp.down_proj.weight.zero_()         # (64, 96) fully zero
+    r = ev.sparsity_report(m, nm=(2, 4))
+    assert r["per_map"]["model.layers.0.self_attn.q_proj"] == {"zeros": 2048, "numel": 4096,
+                                                               "sparsity": 0.5}
+    assert r["per_map"]["model.layers.1.mlp.down_proj"]["sparsity"] == 1.0
+    # block 0: q (64x64 = 4096 weights, half zero) of q,k,v,o = 4096+2048+2048+4096 and
+    # 3 MLP maps of 64x96 = 6144 each -> 12288 + 18432 = 30720 weights, 2048 zeros
+    assert r["per_block"]["0"]["sparsity"] == pytest.approx(2048 / 30720)
+    assert r["overall"]["sparsity"] == pytest.approx((2048 + 6144) / 61440)
+    assert r["nm_valid"] is False                              # other maps are dense
+    assert ev.sparsity_report(m)["nm_valid"] is None
+
+
+def test_sec9_cli_end_to_end(make_ckpt, tmp_path):
+    pytest.importorskip("data")
+    import json
+    ckpt, _ = make_ckpt()                     # word-level tokenizer: w0 .. w124
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "completion": " w7",
+                                      "choices": [" w7", " w8 w9"], "label": 0}) + "\n"
+                          for i in range(3)))
+    sm = tmp_path / "sm.jsonl"
+    sm.write_text(json.dumps({"prompt": "w1 w2", "completion": " w3", "reference": "w3 w4"}))
+    ppl = tmp_path / "ppl.txt"
+    ppl.write_text(" ".join(f"w{i % 50}" for i in range(70)))
+    out = tmp_path / "out"
+    ev.main(["--model", str(ckpt), "--tasks", str(mc), str(sm), "--ppl-file", str(ppl),
+             "--seqlen", "16", "--max-new-tokens", "4", "--device", "cpu", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    assert res["ppl"]["windows"] == 70 // 16 and res["tasks"]["mc"]["n"] == 3
+    assert {"mc/accuracy", "sm/rougeL", "ppl"} <= set(res["metrics"])
+    assert res["config"]["seqlen"] == 16 and res["sparsity"]["overall"]["zeros"] == 0
+    assert (out / "results.md").read_text().startswith("| method | mc/accuracy")
+
+
+def test_sec9_compare_hook(monkeypatch, tmp_path):
+    """compare() against the assumed train.run(cfg) -> {"model": ...} interface."""
+    tok = CharTok()
+    calls = []
+
+    def run(cfg):
+        calls.append(cfg)
+        return {"model": CumSum(tok.vocab_size, seed=int(100 * cfg["sparsity"])),
+                "tokenizer": tok, "peak_gb": 1.5}
+    dom = {"train": [], "ppl_text": "abc abd abe " * 4,
+           "test": {"qa": [{"prompt": "is it", "completion": " yes",
+                            "choices": [" yes", " no"], "label": 0}] * 2}}
+    monkeypatch.setitem(sys.modules, "train", types.SimpleNamespace(run=run))
+    monkeypatch.setitem(sys.modules, "data", types.SimpleNamespace(default_domain=lambda n: dom))
+    res = ev.compare("med", [0.5], methods=("dense_lora", "wanda_lora", "efx_pbs"),
+                     out=tmp_path, seqlen=8, log=lambda *_: None)
+    assert [(c["method"], c["sparsity"], c.get("pbs")) for c in calls] == [
+        ("dense", 0.0, None), ("wanda", 0.5, None), ("efx", 0.5, True)]
+    assert calls[2]["out"] == str(tmp_path / "efx_pbs_0.5") and calls[0]["eval"] is False
+    assert res["rows"][0]["rel"] == pytest.approx(100.0)
+    assert "% of dense" in (tmp_path / "results.md").read_text()
+
+
+def test_sec9_prompt_ids_bos_and_left_cut():
+    tok = types.SimpleNamespace(encode=lambda t, bos=False: [ord(c) for c in t], bos_id=1,
+                                add_bos=True)
+    assert ev._prompt_ids(tok, "abc", None) == [1, 97, 98, 99]
+    assert ev._prompt_ids(tok, "abc", 3) == [1, 98, 99]        # BOS kept, prompt cut left
+    tok.add_bos = False
+    assert ev._prompt_ids(tok, "abc", 2) == [98, 99]
+    assert ev._prompt_ids(tok, "", None) == [1]                # empty prompt: BOS as context
+
+
+def test_sec9_greedy_tiny_transformer_matches_argmax_loop(make_model):
+    m = make_model(seed=1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(10) if p.dim() == 2 else None
+    tok = types.SimpleNamespace(encode=lambda t, bos=False: [int(w) for w in t.split()],
+                                decode=lambda ids: " ".join(map(str, ids)), bos_id=1, eos_id=None)
+    ids = [5, 9, 17]
+    want = list(ids)
+    with torch.no_grad():
+        for _ in range(6):                    # full recompute, no cache
+            want.append(int(m(torch.tensor([want]))[0, -1].argmax()))
+    got = ev.greedy(m, tok, "5 9 17", 6)
+    eos = m.config.eos_token_id
+    new = want[3:][:want[3:].index(eos)] if eos in want[3:] else want[3:]
+    assert got == " ".join(map(str, new))
