@@ -1,0 +1,603 @@
+"""efx.py: EfficientXpert pruning: calibration, criteria, masks, SparseGPT and PBS.
+
+Implements SPEC sections 3-7 (equations E1-E14) on the model of model.py:
+  E1  column energy h from layer-sequential calibration hooks   -> calibrate_block(), prune()
+  E2  magnitude, E3 Wanda, E5/E6 ForeSight (paper / reference-code form) -> *_score()
+  E7  score average across pruning calls                         -> average_score()
+  E8-E10 per-row, per-layer and N:M masks                        -> select_mask()
+  E11 SparseGPT (the baseline, kept bug-compatible)              -> sparsegpt_prune()
+  E12-E14 Partial Brain Surgeon (update only the LoRA B)         -> pbs_update()
+Pure matrix functions take (out, in) = (m, n) weights as torch stores them; "lower score
+is pruned first"; masks are bool with True = keep.
+
+Run one-shot pruning and perplexity (dense, then pruned) on the held-out corpus:
+  python efx.py --model DIR --method wanda --sparsity 0.5 [--nm 2:4] --save OUT
+Tests: python -m pytest -q tests/test_efx.py
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from model import SEVEN_MAPS   # q, k, v, o, gate, up, down: also the pruning order in a block
+
+METHODS = ("magnitude", "wanda", "sparsegpt", "foresight")
+
+
+# ---------------------------------------------------------------- criteria (E2-E6)
+def magnitude_score(W):
+    """SPEC (E2): S_ab = |W_ab|."""
+    return W.abs()
+
+
+def wanda_score(W, h):
+    """SPEC (E3): S_ab = |W_ab| * xi_b with xi = sqrt(h) (E1), h the column energy (n,)."""
+    return W.abs() * h.sqrt().unsqueeze(0)
+
+
+def _heads(Ws, n_heads, n_kv_heads):
+    """(d_h, g) from q_proj's rows; q has n_heads * d_h rows (Qwen3: d_h need not be hidden/heads)."""
+    rows = Ws["q_proj"].shape[0]
+    if rows % n_heads or n_heads % n_kv_heads:
+        raise ValueError(f"q_proj has {rows} rows: expected a multiple of n_heads={n_heads}, "
+                         f"and n_heads divisible by n_kv_heads={n_kv_heads}")
+    return rows // n_heads, n_heads // n_kv_heads
+
+
+def consumer_energy(name, Ws, n_heads, n_kv_heads):
+    """SPEC (E5) table: c_a (m,) for every output unit a of map `name`.
+
+    Ws: dict short map name -> augmented weight (W + s B A) of the block. Query head h reads
+    kv head floor(h/g), so kv head gamma serves query heads gamma*g .. gamma*g+g-1: viewing
+    per-unit values of q (or o's columns) as (n_kv, g, d_h) groups them by kv head.
+    """
+    d_h, g = _heads(Ws, n_heads, n_kv_heads)
+    if name == "q_proj":   # ||K_{gamma(h) d_h + c, :}||^2, repeated over the g heads of gamma
+        k_rows = Ws["k_proj"].square().sum(1).view(n_kv_heads, 1, d_h)
+        return k_rows.expand(n_kv_heads, g, d_h).reshape(-1)
+    if name == "k_proj":   # sum over the g query heads of ||Q_{h d_h + c, :}||^2
+        return Ws["q_proj"].square().sum(1).view(n_kv_heads, g, d_h).sum(1).reshape(-1)
+    if name == "v_proj":   # sum over the g heads of ||O_{:, h d_h + c}||^2
+        return Ws["o_proj"].square().sum(0).view(n_kv_heads, g, d_h).sum(1).reshape(-1)
+    if name == "o_proj":
+        return Ws["gate_proj"].square().sum(0) + Ws["up_proj"].square().sum(0)
+    if name in ("gate_proj", "up_proj"):
+        return Ws["down_proj"].square().sum(0)
+    if name == "down_proj":  # consumer is the residual stream
+        return torch.ones(Ws["down_proj"].shape[0], dtype=Ws["down_proj"].dtype,
+                          device=Ws["down_proj"].device)
+    raise ValueError(f"foresight: unknown map {name!r}; expected one of {SEVEN_MAPS}")
+
+
+def partner_factor(name, Ws, n_heads, n_kv_heads):
+    """SPEC (E6) table: phi, broadcastable to (m, n). Ws hold W + B A (no scale, as the code)."""
+    d_h, g = _heads(Ws, n_heads, n_kv_heads)
+    n_kv = n_kv_heads
+    if name == "q_proj":   # row (h, c): ||K_gamma(h)[:, b]|| over the d_h rows of kv head gamma(h)
+        k = Ws["k_proj"].square().view(n_kv, d_h, -1).sum(1).sqrt()            # (n_kv, n)
+        return k.unsqueeze(1).expand(n_kv, g * d_h, k.shape[1]).reshape(-1, k.shape[1])
+    if name == "k_proj":   # row (gamma, c): sqrt(mean over the g heads of ||Q_h[:, b]||^2)
+        q = (Ws["q_proj"].square().view(n_kv, g * d_h, -1).sum(1) / g).sqrt()    # (n_kv, n)
+        return q.repeat_interleave(d_h, dim=0)
+    if name == "v_proj":   # row (gamma, c): sqrt(mean over heads of ||O_{:, h d_h + c}||^2)
+        o = Ws["o_proj"].square().sum(0).view(n_kv, g, d_h).mean(1).sqrt()
+        return o.reshape(-1, 1)
+    if name == "o_proj":
+        return ((Ws["gate_proj"].norm(dim=0) + Ws["up_proj"].norm(dim=0)) / 2).unsqueeze(1)
+    if name in ("gate_proj", "up_proj"):  # row b of down_proj, indexed by the INPUT b (as the code)
+        return Ws["down_proj"].norm(dim=1).unsqueeze(0)
+    if name == "down_proj":
+        return torch.ones(1, 1, dtype=Ws["down_proj"].dtype, device=Ws["down_proj"].device)
+    raise ValueError(f"foresight: unknown map {name!r}; expected one of {SEVEN_MAPS}")
+
+
+def foresight_score(name, Ws, h, n_heads, n_kv_heads, variant="paper"):
+    """ForeSight score of map `name` of one block.
+
+    variant "paper" (E5): S = W~^2 * h_b * c_a, Ws = {map: W + s B A}.
+    variant "code"  (E6): S = |W0| * xi_b * phi_ab, Ws = {map: W + B A} (reference code).
+    """
+    W = Ws[name]
+    if variant == "paper":
+        return W.square() * h.unsqueeze(0) * consumer_energy(name, Ws, n_heads, n_kv_heads).unsqueeze(1)
+    if variant == "code":
+        return W.abs() * h.sqrt().unsqueeze(0) * partner_factor(name, Ws, n_heads, n_kv_heads)
+    raise ValueError(f"foresight_variant must be 'paper' or 'code', got {variant!r}")
+
+
+def average_score(S, prev, mask_lr=0.5):
+    """SPEC (E7): S_bar = eta S + (1 - eta) S_bar_prev, eta = mask_lr; S when there is no prev."""
+    if prev is None:
+        return S
+    if prev.shape != S.shape:
+        raise ValueError(f"score_state: stored score {tuple(prev.shape)} != new {tuple(S.shape)}")
+    return mask_lr * S + (1 - mask_lr) * prev.to(S.device, S.dtype)
+
+
+# ---------------------------------------------------------------- masks (E8-E10)
+def _check_nm(nm, n, what="weight"):
+    N, M = nm
+    if not (0 < N < M):
+        raise ValueError(f"nm={N}:{M}: expected 0 < N < M")
+    if n % M:
+        raise ValueError(f"nm={N}:{M}: {what} has {n} columns, not divisible by M={M}")
+
+
+def select_mask(scores, sparsity, nm=None, per="row"):
+    """Bool keep-mask (True = keep) from scores (m, n); the lowest scores are pruned.
+
+    E8 per="row": floor(rho n) per row; E9 per="layer": floor(rho m n) in the matrix;
+    E10 nm=(N, M): the N lowest of every M consecutive columns (sparsity is then ignored).
+    Stable sorts: among equal scores the lower column (flat) index is pruned first.
+    """
+    m, n = scores.shape
+    if nm is not None:
+        _check_nm(nm, n, "scores")
+        N, M = nm
+        groups = scores.reshape(m, n // M, M)
+        low = torch.sort(groups, dim=-1, stable=True).indices[..., :N]
+        keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, low, False)
+        return keep.reshape(m, n)
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if per == "row":      # int() as Wanda does: floor for positive values
+        low = torch.sort(scores, dim=1, stable=True).indices[:, : int(n * sparsity)]
+        return torch.ones_like(scores, dtype=torch.bool).scatter_(1, low, False)
+    if per == "layer":
+        low = torch.sort(scores.reshape(-1), stable=True).indices[: int(m * n * sparsity)]
+        keep = torch.ones(m * n, dtype=torch.bool, device=scores.device)
+        return keep.scatter_(0, low, False).view(m, n)
+    raise ValueError(f"per must be 'row' or 'layer', got {per!r}")
+
+
+# ---------------------------------------------------------------- solves with retry
+def _chol(K, damp, info, what):
+    """Cholesky of K + damp I; if not positive definite, damp *= 10 (and say so in info)."""
+    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    for _ in range(8):
+        L, bad = torch.linalg.cholesky_ex(K + damp * eye)
+        if not bool((bad != 0).any()):
+            return L, damp
+        new = damp * 10 if damp > 0 else 1e-8 * float(K.diagonal(dim1=-2, dim2=-1).abs().mean() + 1)
+        if info is not None:
+            note = {"what": what, "from": float(damp), "to": new}
+            info.setdefault("damping_increased", []).append(note)
+        damp = new
+    raise torch.linalg.LinAlgError(f"{what}: not positive definite even with damping {damp:g}")
+
+
+# ---------------------------------------------------------------- SparseGPT (E11)
+def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, info=None):
+    """SPEC (E11): SparseGPT (Frantar & Alistarh 2023) on W (m, n) with H = X^T X (n, n).
+
+    Returns (W_new, keep_mask). Computes in float64 when W or H is float64, else float32.
+    `info` (optional dict) receives "loss" (per-row OBS loss: 1/2 sum_c err_c^2, i.e.
+    1/2 dW (H + delta I) dW^T, the original's `Losses`), "damp" and any damping increase.
+    """
+    dt = torch.float64 if torch.float64 in (W.dtype, H.dtype) else torch.float32
+    W = W.detach().to(dt).clone()
+    H = H.detach().to(dt).clone()
+    m, n = W.shape
+    if nm is not None:
+        _check_nm(nm, n)
+        if blocksize % nm[1]:
+            raise ValueError(f"sparsegpt: blocksize {blocksize} must be a multiple of M={nm[1]}")
+    dead = H.diagonal() == 0            # inputs never active: no information, prune them
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * H.diagonal().mean()
+    L, damp = _chol(H, damp, info, "sparsegpt H")
+    Hinv = torch.cholesky_inverse(L)
+    # R = upper Cholesky factor of H^-1: row c of R is row c of the inverse Hessian of the
+    # columns c.. still free, scaled by 1/sqrt(its diagonal), so R_cc^2 = [H_F^-1]_cc (OBS).
+    R = _chol(Hinv, 0.0, info, "sparsegpt H^-1")[0].mT
+    loss = torch.zeros(m, dtype=dt, device=W.device)
+    pruned = torch.zeros(m, n, dtype=torch.bool, device=W.device)
+    for i1 in range(0, n, blocksize):
+        i2 = min(i1 + blocksize, n)
+        W1, R1 = W[:, i1:i2].clone(), R[i1:i2, i1:i2]
+        d1 = R1.diagonal()
+        Err1 = torch.zeros_like(W1)
+        if nm is None and sparsity > 0:
+            sal = W1.square() / d1.square()            # OBS saliency w^2 / [H^-1]_cc
+            # The original's threshold: the value at 0-based position floor(rho m bs) of the
+            # sorted saliencies, pruning every entry <= it (one more than floor(rho m bs)
+            # without ties). Kept so that results agree with the original.
+            thresh = torch.kthvalue(sal.reshape(-1), int(sal.numel() * sparsity) + 1).values
+            P1 = sal <= thresh
+        else:
+            P1 = torch.zeros_like(W1, dtype=torch.bool)
+        scale = P1 / d1                                # err = (w - q) / R_cc with q = 0 if pruned
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:    # N lowest saliencies of the next M columns
+                j = slice(i, i + nm[1])
+                P1[:, j] = ~select_mask(W1[:, j].square() / d1[j].square(), 0.0, nm=nm)
+                scale[:, j] = P1[:, j] / d1[j]
+            err = W1[:, i] * scale[:, i]
+            W1[:, i:].addr_(err, R1[i, i:], alpha=-1)  # OBS update; sets pruned w_c to ~0
+            Err1[:, i] = err
+        W[:, i1:i2] = W1.masked_fill_(P1, 0)           # exact zeros
+        W[:, i2:].addmm_(Err1, R[i1:i2, i2:], alpha=-1)  # lazy update of the later columns
+        loss += Err1.square().sum(1) / 2               # the original's Losses
+        pruned[:, i1:i2] = P1
+    if info is not None:
+        info.update(loss=loss, damp=float(damp))
+    return W, ~pruned
+
+
+# ---------------------------------------------------------------- PBS (E12-E14)
+def pbs_update(W, A, B, mask, d, scale, kappa=1.0, lam=None, variant="paper", pbs_damp=1e-6,
+               per_row=False, info=None):
+    """SPEC (E12-E14): Partial Brain Surgeon; returns delta_B (m, r), B itself is untouched.
+
+    Moves U = W + s B A towards 0 on the pruned coordinates (mask False) by changing B only,
+    with column weights d (n,), keep weight kappa and ridge lam. per_row=True forces the
+    per-row E13 solve even at kappa = 1 (tests and the benchmark compare it with E14).
+    variant "paper": U includes s, delta_B = delta^T / s, lam None -> pbs_damp * mean diag(A D A^T).
+    variant "code":  U = W + B A and delta_B = delta^T (reference code), lam None -> 1e-8.
+    """
+    if variant not in ("paper", "code"):
+        raise ValueError(f"pbs_variant must be 'paper' or 'code', got {variant!r}")
+    dt = torch.float64 if torch.float64 in (W.dtype, A.dtype, B.dtype) else torch.float32
+    W, A, B, d = W.to(dt), A.to(dt), B.to(dt), d.to(dt)
+    s = float(scale) if variant == "paper" else 1.0
+    U = W + s * (B @ A)                                    # (m, n)
+    P = (~mask).to(dt)                                     # 1 on pruned coordinates
+    AD = A * d.unsqueeze(0)                                # (r, n) = A D
+    G = AD @ A.T                                           # (r, r) = A D A^T
+    if lam is None:
+        lam = pbs_damp * G.diagonal().mean() if variant == "paper" else 1e-8
+    rhs = (P * U) @ AD.T                                   # (m, r): rows A_P D_P U_{a,P}^T
+    if kappa == 1.0 and not per_row:   # SPEC (E14): one r x r solve for all rows
+        L, _ = _chol(G, float(lam), info, "pbs A D A^T")
+        delta = -torch.cholesky_solve(rhs.T, L).T
+    else:              # SPEC (E13): per row, K_a = kappa G + (1-kappa) A_P D_P A_P^T + lam I
+        r = A.shape[0]
+        outer = (A.unsqueeze(1) * A.unsqueeze(0)).reshape(r * r, -1)  # (r^2, n): A_ib A_jb
+        GP = ((P * d.unsqueeze(0)) @ outer.T).view(-1, r, r)         # (m, r, r), no (m, r, n)
+        L, _ = _chol(kappa * G + (1 - kappa) * GP, float(lam), info, "pbs per-row K")
+        delta = -torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
+    return delta / s
+
+
+# ---------------------------------------------------------------- calibration (section 3, E1)
+def _maps(block):
+    """{short name: LoRALinear} of one block, in the pruning order q, k, v, o, gate, up, down."""
+    return {n: getattr(block.self_attn if n in SEVEN_MAPS[:4] else block.mlp, n) for n in SEVEN_MAPS}
+
+
+def _effective(mod, lora_scale=True, masked=True):
+    """W + s B A in float32 (s -> 1 for the reference-code form), times .mask when set."""
+    W = mod.weight.float()
+    if mod.r > 0:
+        W = W + (mod.lora_B @ mod.lora_A) * (mod.scaling if lora_scale else 1.0)
+    return W * mod.mask if masked and mod.mask is not None else W
+
+
+def _run_block(block, xs, cos, sin, batch_size, write):
+    """Run `block` over the hidden states xs (nsamples, T, hidden), batch by batch (moved to
+    the block's device when xs is offloaded); write=True overwrites xs with the outputs,
+    which is safe because window j's output depends on window j's input only."""
+    dev = block.input_layernorm.weight.device
+    for b in range(0, xs.shape[0], batch_size):
+        y = block(xs[b:b + batch_size].to(dev), cos, sin)
+        if write:
+            xs[b:b + batch_size] = y.to(xs.device)
+
+
+@torch.no_grad()
+def calibrate_block(block, xs, cos, sin, need_H=False, batch_size=8):
+    """Forward hooks on the seven maps accumulate, over every calibration token, SPEC (E1)
+    h = sum_t X_t^2 (n,) and, for SparseGPT, H = X^T X (n, n); float32 on the block's device.
+    Maps fed the very same tensor as the map before them (q, k, v; gate, up) share one
+    accumulator: computed once, and one H instead of three."""
+    stats, shared, handles, last = {}, {}, [], {}
+
+    def hook(name):
+        def fn(mod, inputs, output):
+            x = inputs[0]
+            if last.get("x") is x:                # same input as the previous map
+                if shared.setdefault(name, last["name"]) != last["name"]:
+                    raise RuntimeError(f"calibration: {name} changed input source")
+                stats[name] = stats[last["name"]]
+                return
+            if name in shared:
+                raise RuntimeError(f"calibration: {name} no longer shares {shared[name]}'s input")
+            last.update(x=x, name=name)
+            X = x.detach().reshape(-1, x.shape[-1]).float()              # (tokens, n)
+            if name not in stats:
+                n = X.shape[1]
+                stats[name] = {"h": torch.zeros(n, device=X.device)}
+                if need_H:
+                    stats[name]["H"] = torch.zeros(n, n, device=X.device)
+            stats[name]["h"] += X.square().sum(0)
+            if need_H:
+                stats[name]["H"].addmm_(X.T, X)
+        return fn
+
+    try:
+        for name, mod in _maps(block).items():
+            handles.append(mod.register_forward_hook(hook(name)))
+        _run_block(block, xs, cos, sin, batch_size, write=False)
+    finally:                                   # never leave hooks behind, even on errors
+        for hd in handles:
+            hd.remove()
+        last.clear()
+    return stats
+
+
+def calib_memory_estimate(cfg, nsamples, seqlen, elem_bytes, method, batch_size):
+    """Bytes a prune call adds: the hidden states nsamples x seqlen x hidden (exact), one block's
+    statistics (h, or H for SparseGPT; q/k/v and gate/up share theirs), the live temporaries
+    of one batch through a block (~8 hidden-, 8 attention- and 4 intermediate-sized float32
+    vectors per token) and the per-map work (scores, masks, W~ copies; SparseGPT's inverses).
+    Nothing depends on the model's maximum context."""
+    hid, inter, attn = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim
+    kv = cfg.num_key_value_heads * cfg.head_dim
+    ins = (hid, attn, hid, inter)                   # distinct inputs: q/k/v, o, gate/up, down
+    stats = 4 * sum(n * n if method == "sparsegpt" else n for n in ins)
+    work = 4 * (4 * inter * hid + (3 * inter * inter if method == "sparsegpt" else 0)
+                + (2 * attn * hid + 2 * kv * hid + 3 * inter * hid if method == "foresight" else 0))
+    return {"hidden_states": nsamples * seqlen * hid * elem_bytes, "stats": stats,
+            "activations": batch_size * seqlen * (8 * hid + 8 * attn + 4 * inter) * 4, "work": work}
+
+
+# ---------------------------------------------------------------- the pruning call (section 8)
+def _parse_nm(nm):
+    if nm is None or isinstance(nm, (tuple, list)):
+        return None if nm is None else (int(nm[0]), int(nm[1]))
+    try:
+        N, M = (int(v) for v in str(nm).split(":"))
+    except ValueError:
+        raise ValueError(f"nm must look like '2:4', got {nm!r}") from None
+    return N, M
+
+
+def _check_prune_args(model, calib_ids, o):
+    """Every argument of prune(), before any heavy work: ValueError with a one-line message."""
+    choices = {"method": METHODS, "per": ("row", "layer"), "adapter_mode": ("merge", "masked"),
+               "foresight_variant": ("paper", "code"), "pbs_variant": ("paper", "code")}
+    for field, allowed in choices.items():
+        if getattr(o, field) not in allowed:
+            raise ValueError(f"prune: {field}={getattr(o, field)!r}, expected one of {allowed}")
+    if not 0 <= o.sparsity < 1:
+        raise ValueError(f"prune: sparsity must be in [0, 1), got {o.sparsity}")
+    if not (0 < o.mask_lr <= 1 and 0 <= o.pbs_kappa <= 1 and o.batch_size >= 1):
+        raise ValueError(f"prune: need 0 < mask_lr <= 1, 0 <= pbs_kappa <= 1, batch_size >= 1; "
+                         f"got {o.mask_lr}, {o.pbs_kappa}, {o.batch_size}")
+    if o.pbs and o.method == "sparsegpt":
+        raise ValueError("prune: pbs=True needs a LoRA criterion (magnitude, wanda, foresight)")
+    if not (torch.is_tensor(calib_ids) and calib_ids.dim() == 2 and calib_ids.numel()
+            and not calib_ids.is_floating_point()):
+        raise ValueError("prune: calib_ids must be a non-empty integer tensor (nsamples, seqlen)")
+    if int(calib_ids.max()) >= model.config.vocab_size or int(calib_ids.min()) < 0:
+        raise ValueError(f"prune: calib_ids outside [0, vocab_size={model.config.vocab_size})")
+    if o.nm is not None:
+        for i, block in enumerate(model.model.layers):
+            for name, mod in _maps(block).items():
+                _check_nm(o.nm, mod.in_features, f"layers.{i}.{name}")
+
+
+@torch.no_grad()
+def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_variant="paper",
+          pbs=False, pbs_variant="paper", score_state=None, average=False, mask_lr=0.5,
+          adapter_mode="merge", offload=False, batch_size=8, blocksize=128, percdamp=0.01,
+          pbs_kappa=1.0, pbs_damp=1e-6, seed=0, log=print):
+    """One pruning call over the whole model (SPEC section 8 PRUNE_CALL); returns a report.
+
+    Layer-sequential (section 3): calibrate block l with hooks, prune its seven maps in order
+    (each on its LoRA-augmented weight, before the next is scored), re-run it to feed block
+    l+1. score_state: dict name -> S_bar (CPU), updated in place; E7 averaging when it holds
+    a previous score and average=True. nm: (N, M) or "N:M" (sparsity is then N/M).
+    seed: generator of the re-initialised LoRA A (merge mode); vary it across calls.
+    Report: per-map and per-block exact zeros, overall sparsity, N:M validity, time per
+    block, peak memory, and every damping increase a singular solve needed.
+    """
+    nm = _parse_nm(nm)
+    opt = SimpleNamespace(**{k: v for k, v in locals().items()      # the options, by name
+                             if k not in ("model", "calib_ids", "log")})
+    _check_prune_args(model, calib_ids, opt)
+    cfg, layers, emb = model.config, model.model.layers, model.model.embed_tokens
+    dev = emb.weight.device
+    cuda = dev.type == "cuda"
+    nsamples, T = calib_ids.shape
+    est = calib_memory_estimate(cfg, nsamples, T, emb.weight.element_size(), method, batch_size)
+    where = torch.device("cpu") if offload else dev
+    MiB = lambda x: f"{x / 2**20:.1f} MiB"
+    log(f"efx.prune: {method} rho={sparsity} nm={nm} per={per}: buffers "
+        f"{MiB(est['hidden_states'])} hidden states ({nsamples}x{T}x{cfg.hidden_size} on {where})"
+        f" + {MiB(est['stats'])} statistics + ~{MiB(est['activations'] + est['work'])} work")
+    if cuda:
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    lora_scale = not (method == "foresight" and foresight_variant == "code")   # E6: W + B A
+    report = {"method": method, "sparsity_target": nm[0] / nm[1] if nm else sparsity, "nm": nm,
+              "per": per, "adapter_mode": adapter_mode, "est_calib_bytes": est, "maps": {},
+              "blocks": [], "damping_increased": []}
+    was_training, t_start = model.training, time.time()
+    model.eval()
+    try:
+        xs = torch.empty(nsamples, T, cfg.hidden_size, dtype=emb.weight.dtype, device=where)
+        for b in range(0, nsamples, batch_size):
+            xs[b:b + batch_size] = emb(calib_ids[b:b + batch_size].to(dev)).to(where)
+        cos, sin = model.rope(T, dev)
+        for i, block in enumerate(layers):
+            t0 = time.time()
+            stats = calibrate_block(block, xs, cos, sin, method == "sparsegpt", batch_size)
+            mods = _maps(block)
+            Ws = None             # ForeSight: the block's (augmented) partner weights
+            if method == "foresight":
+                Ws = {n: _effective(m, lora_scale) for n, m in mods.items()}
+            for name, mod in mods.items():
+                full = f"model.layers.{i}.{'self_attn' if name in SEVEN_MAPS[:4] else 'mlp'}.{name}"
+                info = {}
+                _prune_map(mod, name, full, stats[name], Ws, info, opt, gen, cfg)
+                for note in info.get("damping_increased", []):
+                    report["damping_increased"].append({"map": full, **note})
+                    log(f"efx.prune: {full}: {note['what']} singular, damping "
+                        f"{note['from']:g} -> {note['to']:g}")
+                if Ws is not None:      # later maps see this one pruned (reference-code order)
+                    Ws[name] = _effective(mod, lora_scale)
+                report["maps"][full] = _sparsity_of(_effective(mod), nm)
+            del stats, Ws
+            _run_block(block, xs, cos, sin, batch_size, write=True)   # inputs of block i+1
+            if cuda:
+                torch.cuda.synchronize(dev)
+            z = [v for k, v in report["maps"].items() if k.startswith(f"model.layers.{i}.")]
+            bs = sum(v["zeros"] for v in z) / sum(v["numel"] for v in z)
+            report["blocks"].append({"block": i, "time_s": time.time() - t0, "sparsity": bs})
+            log(f"efx.prune: block {i + 1}/{len(layers)} sparsity {bs:.4f} "
+                f"{time.time() - t0:.2f}s (elapsed {time.time() - t_start:.1f}s)")
+    finally:
+        model.train(was_training)
+    maps = report["maps"].values()
+    report["overall_sparsity"] = sum(v["zeros"] for v in maps) / sum(v["numel"] for v in maps)
+    report["nm_valid"] = all(v["nm_valid"] for v in maps) if nm else None
+    report["time_s"] = time.time() - t_start
+    if cuda:
+        report["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev)
+        report["peak_mem_kind"] = "cuda max allocated"
+    else:   # Linux ru_maxrss is in KiB; the peak of the whole process so far
+        report["peak_mem_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        report["peak_mem_kind"] = "process max RSS"
+    return report
+
+
+def _sparsity_of(W, nm):
+    """Exact zeros of the forward weight; N:M validity = every group of M holds >= N zeros."""
+    zeros = int((W == 0).sum())
+    ok = None
+    if nm is not None:
+        ok = bool(((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
+    return {"zeros": zeros, "numel": W.numel(), "sparsity": zeros / W.numel(), "nm_valid": ok}
+
+
+def _prune_map(mod, name, full, st, Ws, info, o, gen, cfg):
+    """Score, average, mask, optional PBS, then merge or mask one map (SPEC section 8).
+    st: its calibration statistics; Ws: the block's partner weights (ForeSight); o: options."""
+    if o.method == "sparsegpt":   # SPEC (E11) on W + s B A; the OBS-updated weights go to W
+        W_new, keep = sparsegpt_prune(_effective(mod, masked=False), st["H"], o.sparsity, o.nm,
+                                      o.blocksize, o.percdamp, info)
+        mod.set_mask(None)
+        mod.merge()               # B = 0, so the forward weight is exactly W_new
+        mod.weight.copy_(W_new.to(mod.weight.dtype))
+        if o.adapter_mode == "masked":
+            mod.set_mask(keep)
+        else:
+            mod.reset_lora(gen)
+        return
+    # The map's own candidate weight is unmasked (in masked mode W is already zero on the last
+    # mask, so coordinates can regrow through s B A exactly as after a merge).
+    code_form = o.method == "foresight" and o.foresight_variant == "code"     # E6: W + B A
+    W = _effective(mod, lora_scale=not code_form, masked=False)
+    if o.method == "magnitude":
+        S = magnitude_score(W)                                          # E2
+    elif o.method == "wanda":
+        S = wanda_score(W, st["h"])                                     # E3
+    else:
+        S = foresight_score(name, {**Ws, name: W}, st["h"], cfg.num_attention_heads,
+                            cfg.num_key_value_heads, o.foresight_variant)   # E5 / E6
+    prev = o.score_state.get(full) if (o.score_state is not None and o.average) else None
+    S = average_score(S, prev, o.mask_lr)                               # E7
+    if o.score_state is not None:
+        o.score_state[full] = S.detach().to("cpu", torch.float32)
+    keep = select_mask(S, o.sparsity, o.nm, o.per)                      # E8 / E9 / E10
+    if o.pbs and mod.r > 0:                                             # E12-E14, B only
+        d = st["h"] if o.pbs_variant == "paper" else st["h"].sqrt().clamp_min(1e-12)
+        mod.lora_B += pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, d, mod.scaling,
+                                 o.pbs_kappa, variant=o.pbs_variant, pbs_damp=o.pbs_damp, info=info)
+    if o.adapter_mode == "merge":  # W <- M * (W + s B A), A re-initialised, B = 0
+        mod.set_mask(None)
+        mod.merge(keep)
+        mod.reset_lora(gen)
+    else:                          # forward uses M * (W + s B A) from now on; W <- M * W
+        mod.set_mask(keep)
+
+
+# ---------------------------------------------------------------- CLI: one-shot pruning
+@dataclasses.dataclass
+class PruneConfig:
+    model: str = ""              # HF-layout model directory; "" -> data.default_model_dir()
+    method: str = "wanda"        # magnitude (E2) | wanda (E3) | sparsegpt (E11) | foresight (E5/E6)
+    sparsity: float = 0.5        # fraction pruned (E8/E9); N/M with --nm
+    nm: str = ""                 # "2:4" or "4:8" for N:M (E10); "" = unstructured
+    per: str = "row"             # row (E8) | layer (E9)
+    foresight_variant: str = "paper"   # paper (E5) | code (E6)
+    nsamples: int = 32           # calibration windows (Wanda/SparseGPT use 128)
+    seqlen: int = 512            # tokens per window, calibration and perplexity
+    calib: str = ""              # calibration text file; "" -> general corpus minus held-out tail
+    eval_text: str = ""          # perplexity text file; "" -> the held-out tail of the general corpus
+    heldout_frac: float = 0.1    # tail of the general corpus kept out of calibration
+    eval_windows: int = 32       # at most this many perplexity windows
+    seed: int = 0                # calibration window offsets
+    device: str = ""             # "" -> model.pick_device() (cuda > mps > cpu)
+    dtype: str = "float32"       # float32 | bfloat16 | float16 (weights and hidden states)
+    batch_size: int = 8
+    offload: bool = False        # hidden states on CPU, moved to the device per batch
+    save: str = ""               # directory: pruned model (HF layout) + results.json
+    results: str = ""            # results JSON; default <save>/results.json, runs/efx_<method>.json
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description="One-shot pruning with efx (SPEC sections 3-6).")
+    ap.add_argument("--config", help="JSON file of PruneConfig fields; flags override it")
+    for f in dataclasses.fields(PruneConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            ap.add_argument(flag, action="store_true", default=None)
+        else:
+            ap.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
+    args = vars(ap.parse_args(argv))
+    base = json.loads(Path(args.pop("config")).read_text()) if args.get("config") else {}
+    unknown = set(base) - {f.name for f in dataclasses.fields(PruneConfig)}
+    if unknown:
+        raise ValueError(f"--config: unknown fields {sorted(unknown)}")
+    return PruneConfig(**{**base, **{k: v for k, v in args.items() if v is not None and k != "config"}})
+
+
+def main(argv=None):
+    import data
+    import eval as ev
+    import model as M
+    cfg = _parse(argv)
+    model_dir = Path(cfg.model) if cfg.model else data.default_model_dir()
+    dev = torch.device(cfg.device) if cfg.device else M.pick_device()
+    model = M.load_model(model_dir, device=dev, dtype=getattr(torch, cfg.dtype))
+    tok = M.load_tokenizer(model_dir)
+    general = [] if cfg.calib and cfg.eval_text else tok.encode(data.general_corpus(), bos=False)
+    cut = int(len(general) * (1 - cfg.heldout_frac))
+    calib_src = tok.encode(Path(cfg.calib).read_text(), bos=False) if cfg.calib else general[:cut]
+    heldout = tok.encode(Path(cfg.eval_text).read_text(), bos=False) if cfg.eval_text else general[cut:]
+    heldout = heldout[: cfg.eval_windows * cfg.seqlen]
+    corpus = cfg.eval_text or f"general_corpus tail {cfg.heldout_frac:.0%}"
+    calib_ids, offsets = data.calibration_windows(tok, calib_src, cfg.nsamples, cfg.seqlen, cfg.seed)
+    dense = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
+    print(f"dense perplexity {dense['ppl']:.3f} ({dense['windows']} windows x {cfg.seqlen})")
+    rep = prune(model, calib_ids, cfg.method, cfg.sparsity, nm=cfg.nm or None, per=cfg.per,
+                foresight_variant=cfg.foresight_variant, offload=cfg.offload, batch_size=cfg.batch_size)
+    pruned = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
+    print(f"pruned perplexity {pruned['ppl']:.3f} at sparsity {rep['overall_sparsity']:.4f} "
+          f"({cfg.method}, prune call {rep['time_s']:.1f}s)")
+    results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "dense": dense,
+               "pruned": pruned, "report": rep, "calib_offsets": offsets,
+               "note": "weights are stored dense: the saved files do not shrink"}
+    default = Path(cfg.save) / "results.json" if cfg.save else Path(f"runs/efx_{cfg.method}.json")
+    out = Path(cfg.results) if cfg.results else default
+    if cfg.save:
+        M.save_model(model, cfg.save)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"results -> {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

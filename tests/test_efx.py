@@ -1,0 +1,555 @@
+"""Tests for efx.py, one (or more) per SPEC equation: test_eN_... checks SPEC (EN).
+
+Pure-matrix parts on small random float64 matrices; the calibration driver on the tiny
+2-layer GQA model of conftest.py (hidden 64, 4 heads, 2 kv heads). CPU, a few seconds.
+"""
+import copy
+import math
+
+import pytest
+import torch
+
+import efx
+import model as M
+
+F64 = dict(rtol=1e-9, atol=1e-10)     # float64 identities
+F32 = dict(rtol=1e-4, atol=1e-5)      # float32 statistics vs direct computation
+
+
+def close(a, b, tol, what):
+    """assert allclose with the max / mean difference in the message."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b).to(torch.as_tensor(a).dtype)
+    diff = (a - b).abs()
+    assert torch.allclose(a, b, **tol), f"{what}: max diff {diff.max():.3g}, mean {diff.mean():.3g}"
+
+
+def gqa_block(seed=0, hidden=10, d_h=3, n_heads=4, n_kv=2, inter=7, dtype=torch.float64):
+    """Random weights of one block with g = n_heads / n_kv = 2 (SPEC's tiny GQA block)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
+    return {"q_proj": r(n_heads * d_h, hidden), "k_proj": r(n_kv * d_h, hidden),
+            "v_proj": r(n_kv * d_h, hidden), "o_proj": r(hidden, n_heads * d_h),
+            "gate_proj": r(inter, hidden), "up_proj": r(inter, hidden), "down_proj": r(hidden, inter)}
+
+
+# ------------------------------------------------------------------ E2, E3, E4
+def test_e2_e3_magnitude_and_wanda():
+    W, h = torch.randn(5, 6, dtype=torch.float64), torch.rand(6, dtype=torch.float64)
+    close(efx.magnitude_score(W), W.abs(), F64, "E2")
+    close(efx.wanda_score(W, h), W.abs() * h.sqrt()[None], F64, "E3")
+
+
+def test_e4_surrogate_equals_bruteforce_change():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(20, 4, generator=g, dtype=torch.float64)      # N x n
+    W = torch.randn(5, 4, generator=g, dtype=torch.float64)       # m x n
+    V = torch.randn(3, 5, generator=g, dtype=torch.float64)       # p x m (consumer)
+    Z = X @ W.T @ V.T
+    h, c = X.square().sum(0), V.square().sum(0)
+    for a in range(5):
+        for b in range(4):
+            W2 = W.clone()
+            W2[a, b] = 0
+            dZ = (X @ W2.T @ V.T - Z).square().sum()
+            close(dZ, W[a, b] ** 2 * h[b] * c[a], F64, f"E4 at ({a},{b})")
+
+
+def test_e4_e5_foresight_gate_score_is_the_change_of_down_output():
+    """E5 for gate_proj = the E4 change of down_proj's output (surrogate, no nonlinearity)."""
+    Ws = gqa_block(2)
+    X = torch.randn(30, 10, dtype=torch.float64)
+    S = efx.foresight_score("gate_proj", Ws, X.square().sum(0), 4, 2)
+    G, D = Ws["gate_proj"], Ws["down_proj"]
+    for a, b in [(0, 0), (3, 5), (6, 9)]:
+        G2 = G.clone()
+        G2[a, b] = 0
+        close(((X @ G.T @ D.T) - (X @ G2.T @ D.T)).square().sum(), S[a, b], F64, "E4/E5")
+
+
+# ------------------------------------------------------------------ E5
+def test_e5_positive_row_rescaling_keeps_row_mask():
+    S = torch.rand(8, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    v = torch.rand(8, 1, dtype=torch.float64) * 100 + 1e-3
+    assert torch.equal(efx.select_mask(S, 0.5), efx.select_mask(S * v, 0.5))
+
+
+def test_e5_paper_form_per_row_equals_wanda_on_augmented_weight():
+    g = torch.Generator().manual_seed(4)
+    Ws = {k: W + 2.0 * torch.randn(W.shape[0], 2, generator=g, dtype=W.dtype)   # W + s B A, r = 2
+          @ torch.randn(2, W.shape[1], generator=g, dtype=W.dtype) for k, W in gqa_block(4).items()}
+    pos = lambda k: torch.rand(k, generator=g, dtype=torch.float64) + 0.1
+    h_in = {"o_proj": pos(12), "down_proj": pos(7)}          # column energies of their inputs
+    h = pos(10)
+    for name in efx.SEVEN_MAPS:
+        hh = h_in.get(name, h)
+        fs = efx.foresight_score(name, Ws, hh, 4, 2, "paper")
+        wa = efx.wanda_score(Ws[name], hh)
+        assert torch.equal(efx.select_mask(fs, 0.5), efx.select_mask(wa, 0.5)), name
+    # ... but per layer (E9) the consumer energy does matter
+    fs = efx.foresight_score("gate_proj", Ws, h, 4, 2, "paper")
+    assert not torch.equal(efx.select_mask(fs, 0.5, per="layer"),
+                           efx.select_mask(efx.wanda_score(Ws["gate_proj"], h), 0.5, per="layer"))
+
+
+def test_e5_consumer_energies_match_loop_over_heads_gqa():
+    Ws, d_h, H, Hkv = gqa_block(5), 3, 4, 2
+    g = H // Hkv
+    Q, K, O, G, U, D = (Ws[k + "_proj"] for k in ("q", "k", "o", "gate", "up", "down"))
+    z = lambda k: torch.zeros(k, dtype=torch.float64)
+    want = {"q_proj": z(H * d_h), "k_proj": z(Hkv * d_h), "v_proj": z(Hkv * d_h)}
+    for h in range(H):
+        for c in range(d_h):
+            want["q_proj"][h * d_h + c] = sum(K[(h // g) * d_h + c, j] ** 2 for j in range(K.shape[1]))
+    for gam in range(Hkv):
+        for c in range(d_h):
+            heads = [h for h in range(H) if h // g == gam]
+            want["k_proj"][gam * d_h + c] = sum((Q[h * d_h + c] ** 2).sum() for h in heads)
+            want["v_proj"][gam * d_h + c] = sum((O[:, h * d_h + c] ** 2).sum() for h in heads)
+    want["o_proj"] = torch.stack([(G[:, a] ** 2).sum() + (U[:, a] ** 2).sum() for a in range(10)])
+    want["gate_proj"] = want["up_proj"] = torch.stack([(D[:, a] ** 2).sum() for a in range(7)])
+    want["down_proj"] = torch.ones(10, dtype=torch.float64)
+    for name, c in want.items():
+        close(efx.consumer_energy(name, Ws, H, Hkv), c, F64, f"E5 consumer energy of {name}")
+
+
+# ------------------------------------------------------------------ E6
+def test_e6_partner_factors_match_loop_gqa():
+    Ws, d_h, H, Hkv, n = gqa_block(6), 3, 4, 2, 10
+    g = H // Hkv
+    Q, K, O, G, U, D = (Ws[k + "_proj"] for k in ("q", "k", "o", "gate", "up", "down"))
+    shapes = {k: W.shape for k, W in Ws.items()}
+    want = {k: torch.zeros(s, dtype=torch.float64) for k, s in shapes.items()}
+    for h in range(H):
+        for c in range(d_h):
+            for b in range(n):
+                want["q_proj"][h * d_h + c, b] = math.sqrt(
+                    sum(K[(h // g) * d_h + j, b] ** 2 for j in range(d_h)))
+    for gam in range(Hkv):
+        heads = [h for h in range(H) if h // g == gam]
+        for c in range(d_h):
+            for b in range(n):
+                want["k_proj"][gam * d_h + c, b] = math.sqrt(
+                    sum(Q[h * d_h + j, b] ** 2 for h in heads for j in range(d_h)) / g)
+            want["v_proj"][gam * d_h + c, :] = math.sqrt(
+                sum((O[:, h * d_h + c] ** 2).sum() for h in heads) / g)
+    for a in range(10):
+        want["o_proj"][a, :] = (G[:, a].norm() + U[:, a].norm()) / 2
+    for a in range(7):
+        for b in range(n):
+            want["gate_proj"][a, b] = want["up_proj"][a, b] = D[b, :].norm()
+    want["down_proj"][:] = 1
+    h = torch.rand(n, dtype=torch.float64)
+    for name, phi in want.items():
+        got = efx.partner_factor(name, Ws, H, Hkv).expand(shapes[name])
+        close(got, phi, F64, f"E6 partner factor of {name}")
+        if name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            close(efx.foresight_score(name, Ws, h, H, Hkv, "code"), Ws[name].abs() * h.sqrt() * phi,
+                  F64, f"E6 {name}")
+
+
+# ------------------------------------------------------------------ E7
+def test_e7_average_formula():
+    S1, S2 = torch.rand(4, 6), torch.rand(4, 6)
+    assert torch.equal(efx.average_score(S1, None, 0.3), S1)
+    close(efx.average_score(S2, S1, 0.3), 0.3 * S2 + 0.7 * S1, F32, "E7")
+
+
+# ------------------------------------------------------------------ E8, E9, E10
+def test_e8_exact_zeros_per_row_and_ties():
+    S = torch.randn(7, 40, generator=torch.Generator().manual_seed(0))
+    for rho in (0.0, 0.1, 0.5, 0.73, 0.99):
+        keep = efx.select_mask(S, rho)
+        assert ((~keep).sum(1) == int(rho * 40)).all(), rho
+    ties = torch.ones(3, 8)
+    keep = efx.select_mask(ties, 0.5)
+    assert torch.equal(keep, torch.tensor([[False] * 4 + [True] * 4] * 3))   # lower columns first
+    S = torch.tensor([[3.0, 1.0, 2.0, 1.0]])
+    assert efx.select_mask(S, 0.5).tolist() == [[True, False, True, False]]
+
+
+def test_e9_exact_zeros_per_layer():
+    S = torch.randn(9, 20, generator=torch.Generator().manual_seed(1))
+    keep = efx.select_mask(S, 0.37, per="layer")
+    assert (~keep).sum() == int(0.37 * 180)
+    assert S[~keep].max() <= S[keep].min()
+    keep = efx.select_mask(torch.zeros(2, 3), 0.5, per="layer")      # ties: lower flat index first
+    assert keep.view(-1).tolist() == [False, False, False, True, True, True]
+
+
+def test_e10_nm_every_group_and_ties():
+    S = torch.randn(6, 32, generator=torch.Generator().manual_seed(2))
+    for N, Mm in ((2, 4), (4, 8), (1, 4)):
+        keep = efx.select_mask(S, 0.0, nm=(N, Mm))
+        groups = keep.view(6, -1, Mm)
+        assert ((~groups).sum(-1) == N).all()
+        g = S.view(6, -1, Mm)    # pruned are the N lowest of their group
+        pruned_max = g.masked_fill(groups, -float("inf")).amax(-1)
+        assert (pruned_max <= g.masked_fill(~groups, float("inf")).amin(-1)).all()
+    ties = efx.select_mask(torch.ones(1, 8), 0.0, nm=(2, 4))
+    assert ties.tolist() == [[False, False, True, True] * 2]
+    with pytest.raises(ValueError):
+        efx.select_mask(S[:, :30], 0.0, nm=(2, 4))
+    with pytest.raises(ValueError):
+        efx.select_mask(S, 0.0, nm=(4, 4))
+
+
+def test_e8_e10_same_seed_same_mask():
+    make = lambda: torch.randn(16, 64, generator=torch.Generator().manual_seed(7))
+    for kw in (dict(), dict(per="layer"), dict(nm=(2, 4))):
+        assert torch.equal(efx.select_mask(make(), 0.5, **kw), efx.select_mask(make(), 0.5, **kw))
+
+
+# ------------------------------------------------------------------ E11
+def obs_reference(W, H, sparsity, nm=None, blocksize=4, percdamp=0.0):
+    """Plain OBS, column by column, with the explicit inverse Hessian of the still-free columns
+    (no Cholesky, no lazy batches). The mask rule is SparseGPT's: per block of `blocksize`
+    columns the saliency w^2 / [H_F^-1]_cc on the current weights, threshold at position
+    floor(rho m bs) (entries <= it pruned); N:M per group of M at its first column."""
+    W, H = W.clone(), H.clone()
+    m, n = W.shape
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * H.diagonal().mean() * torch.eye(n, dtype=H.dtype)
+    # d2[c] = [H_F^-1]_cc with F = columns c..n-1 (the ones still free when c is reached)
+    d2 = torch.stack([torch.linalg.inv(H[c:, c:])[0, 0] for c in range(n)])
+    Hinv = torch.linalg.inv(H)             # inverse Hessian of the free columns (rows/cols >= c used)
+    pruned = torch.zeros(m, n, dtype=torch.bool)
+    for c in range(n):
+        if nm is None and c % blocksize == 0 and sparsity > 0:
+            c2 = min(c + blocksize, n)
+            sal = W[:, c:c2] ** 2 / d2[c:c2]
+            thresh = torch.sort(sal.flatten()).values[int(sal.numel() * sparsity)]
+            pruned[:, c:c2] = sal <= thresh
+        if nm is not None and c % nm[1] == 0:
+            sal = W[:, c:c + nm[1]] ** 2 / d2[c:c + nm[1]]
+            low = torch.sort(sal, dim=1, stable=True).indices[:, :nm[0]]
+            pruned[:, c:c + nm[1]].scatter_(1, low, True)
+        for a in range(m):
+            if pruned[a, c]:               # OBS: set w_c = 0, best update of the free columns
+                W[a, c:] -= W[a, c] / Hinv[c, c] * Hinv[c, c:]
+        # eliminate column c from the inverse Hessian of the free set
+        Hinv[c:, c:] -= torch.outer(Hinv[c:, c], Hinv[c, c:]) / Hinv[c, c]
+    W[pruned] = 0
+    return W, ~pruned
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_e11_sparsegpt_matches_plain_obs(nm):
+    g = torch.Generator().manual_seed(11)
+    X = torch.randn(64, 16, generator=g, dtype=torch.float64)
+    X[:, 5] = 0                                              # a dead input column
+    W = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    H = X.T @ X
+    W_new, keep = efx.sparsegpt_prune(W, H, 0.5, nm=nm, blocksize=8, percdamp=0.01)
+    W_ref, keep_ref = obs_reference(W, H, 0.5, nm, blocksize=8, percdamp=0.01)
+    assert torch.equal(keep, keep_ref)
+    close(W_new, W_ref, dict(rtol=1e-8, atol=1e-9), "E11 vs plain OBS")
+    assert (W_new[:, 5] == 0).all() and (W_new[~keep] == 0).all()
+    if nm:
+        assert ((~keep).view(6, -1, 4).sum(-1) == 2).all()
+    else:   # the original's threshold quirk: floor(rho m bs) + 1 pruned per block (no ties)
+        assert [(~keep[:, i:i + 8]).sum().item() for i in (0, 8)] == [int(0.5 * 48) + 1] * 2
+
+
+def test_e11_predicted_loss_is_half_the_reconstruction_error():
+    """SparseGPT's Losses = sum over pruned steps of err^2/2 = 1/2 dW (H + delta I) dW^T per
+    row: half the squared output error measured on X (exactly, with percdamp = 0), plus
+    delta/2 ||dW||^2 with damping."""
+    g = torch.Generator().manual_seed(12)
+    X = torch.randn(80, 24, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 24, generator=g, dtype=torch.float64)
+    for kw in (dict(nm=None, sparsity=0.6), dict(nm=(2, 4), sparsity=0.0)):
+        for percdamp in (0.0, 0.01):
+            info = {}
+            W_new, _ = efx.sparsegpt_prune(W, X.T @ X, kw["sparsity"], nm=kw["nm"], blocksize=8,
+                                           percdamp=percdamp, info=info)
+            measured = (X @ W.T - X @ W_new.T).square().sum()
+            predicted = 2 * info["loss"].sum() - info["damp"] * (W - W_new).square().sum()
+            close(predicted, measured, F64, f"E11 loss ({kw}, percdamp {percdamp})")
+
+
+def test_e11_singular_hessian_increases_damping():
+    X = torch.randn(3, 8, dtype=torch.float64)        # rank 3 < 8, no damping -> singular
+    info = {}
+    W_new, keep = efx.sparsegpt_prune(torch.randn(4, 8, dtype=torch.float64), X.T @ X, 0.5,
+                                      percdamp=0.0, info=info)
+    assert info["damping_increased"] and torch.isfinite(W_new).all()
+
+
+# ------------------------------------------------------------------ E12, E13, E14
+def pbs_problem(seed, m=6, n=12, r=3):
+    g = torch.Generator().manual_seed(seed)
+    W, A, B = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((m, n), (r, n), (m, r)))
+    keep = torch.rand(m, n, generator=g) > 0.5
+    d = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    return W, A, B, keep, d, 2.0
+
+
+def e12_objective(delta, U_a, A, keep_a, d, kappa, lam):
+    """SPEC (E12) for one row: delta (r,) is the change of the effective row s B_a."""
+    moved = U_a + delta @ A                         # U + delta^T A on every column
+    shift = delta @ A
+    return ((d * moved ** 2)[~keep_a].sum() + kappa * (d * shift ** 2)[keep_a].sum()
+            + lam * delta.square().sum())
+
+
+def e12_lstsq(U_a, A, keep_a, d, kappa, lam):
+    """Brute-force minimiser of E12: stack the weighted residuals into one least squares."""
+    r = A.shape[0]
+    zero = torch.zeros((), dtype=A.dtype)
+    rows = [(d[b].sqrt() * A[:, b], -d[b].sqrt() * U_a[b]) if not keep_a[b]
+            else ((kappa * d[b]).sqrt() * A[:, b], zero) for b in range(A.shape[1])]
+    Mx = torch.stack([x for x, _ in rows] + list(math.sqrt(lam) * torch.eye(r, dtype=A.dtype)))
+    y = torch.stack([t for _, t in rows] + [torch.zeros((), dtype=A.dtype)] * r)
+    return torch.linalg.lstsq(Mx, y.unsqueeze(1)).solution.squeeze(1)
+
+
+@pytest.mark.parametrize("variant", ["paper", "code"])
+def test_e13_e14_pbs_closed_forms(variant):
+    W, A, B, keep, d, s = pbs_problem(13)
+    s_eff = s if variant == "paper" else 1.0        # code form: U = W + B A, B += delta
+    U = W + s_eff * B @ A
+    lam = 1e-3
+    dB14 = efx.pbs_update(W, A, B, keep, d, s, kappa=1.0, lam=lam, variant=variant)
+    dB13 = efx.pbs_update(W, A, B, keep, d, s, kappa=1.0, lam=lam, variant=variant, per_row=True)
+    close(dB14, dB13, F64, "E14 == E13 at kappa 1")
+    g = torch.Generator().manual_seed(0)
+    for kappa in (0.0, 0.3, 1.0):
+        dB = efx.pbs_update(W, A, B, keep, d, s, kappa=kappa, lam=lam, variant=variant)
+        for a in range(W.shape[0]):
+            delta = s_eff * dB[a]
+            close(delta, e12_lstsq(U[a], A, keep[a], d, kappa, lam), F64, f"E13 row {a} kappa {kappa}")
+            best = e12_objective(delta, U[a], A, keep[a], d, kappa, lam)
+            for _ in range(20):
+                eps = 1e-3 * torch.randn(A.shape[0], generator=g, dtype=torch.float64)
+                assert e12_objective(delta + eps, U[a], A, keep[a], d, kappa, lam) >= best
+
+
+def test_e14_default_damping_rules():
+    W, A, B, keep, d, s = pbs_problem(14)
+    lam = 1e-6 * ((A * d) @ A.T).diagonal().mean()
+    close(efx.pbs_update(W, A, B, keep, d, s), efx.pbs_update(W, A, B, keep, d, s, lam=lam),
+          F64, "paper lam")
+    close(efx.pbs_update(W, A, B, keep, d, s, variant="code"),
+          efx.pbs_update(W, A, B, keep, d, s, lam=1e-8, variant="code"), F64, "code lam")
+
+
+# ------------------------------------------------------------------ calibration and the driver
+def lora_model(make_model, seed=0, r=4):
+    """Tiny GQA model with adapters whose B is random (as after some fine-tuning)."""
+    model = make_model(seed)
+    M.add_lora(model, r=r, alpha=8, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for _, mod in M.lora_modules(model):
+            mod.lora_B.copy_(0.05 * torch.randn(mod.lora_B.shape, generator=g))
+    return model
+
+
+def calib(n=4, T=16, seed=0, vocab=128):
+    return torch.randint(3, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def quiet(*a, **k):
+    pass
+
+
+@torch.no_grad()
+def test_e1_hook_statistics_equal_inputs_computed_directly(make_model):
+    model = lora_model(make_model)
+    block, ids = model.model.layers[0], calib()
+    x = model.model.embed_tokens(ids)
+    cos, sin = model.rope(ids.shape[1], x.device)
+    stats = efx.calibrate_block(block, x.clone(), cos, sin, need_H=True, batch_size=3)
+    # the inputs of the seven maps, computed here with an explicit softmax attention
+    at, mlp = block.self_attn, block.mlp
+    B, T, _ = x.shape
+    xn = block.input_layernorm(x)
+    q = M.apply_rope(at.q_proj(xn).view(B, T, 4, 16).transpose(1, 2), cos, sin)
+    k = M.apply_rope(at.k_proj(xn).view(B, T, 2, 16).transpose(1, 2), cos, sin)
+    v = at.v_proj(xn).view(B, T, 2, 16).transpose(1, 2)
+    k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)       # GQA, g = 2
+    att = (q @ k.transpose(-1, -2)) / 4.0
+    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -float("inf")).softmax(-1)
+    o_in = (att @ v).transpose(1, 2).reshape(B, T, 64)
+    xn2 = block.post_attention_layernorm(x + at.o_proj(o_in))
+    down_in = torch.nn.functional.silu(mlp.gate_proj(xn2)) * mlp.up_proj(xn2)
+    X = {"q_proj": xn, "k_proj": xn, "v_proj": xn, "o_proj": o_in, "gate_proj": xn2,
+         "up_proj": xn2, "down_proj": down_in}
+    for name, Xm in X.items():
+        Xm = Xm.reshape(-1, Xm.shape[-1])
+        close(stats[name]["h"], Xm.square().sum(0), F32, f"E1 h of {name}")
+        close(stats[name]["H"], Xm.T @ Xm, F32, f"H of {name}")
+    for _, mod in M.lora_modules(model):
+        assert not mod._forward_hooks
+
+
+def test_calibration_hooks_removed_after_error(make_model):
+    model = make_model()
+    cos, sin = model.rope(16, "cpu")
+    bad = torch.zeros(2, 16, 63)                                # wrong hidden size
+    with pytest.raises(RuntimeError):
+        efx.calibrate_block(model.model.layers[0], bad, cos, sin)
+    assert all(not mod._forward_hooks for _, mod in M.lora_modules(model))
+
+
+def test_layer_sequential_pruned_block_feeds_next(make_model):
+    model, ids = lora_model(make_model), calib()
+    dense0 = copy.deepcopy(model.model.layers[0])
+    seen = []
+    hd = model.model.layers[1].register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    efx.prune(model, ids, "wanda", 0.5, batch_size=8, log=quiet)
+    hd.remove()
+    with torch.no_grad():
+        x = model.model.embed_tokens(ids)
+        cos, sin = model.rope(ids.shape[1], x.device)
+        want = model.model.layers[0](x, cos, sin)                   # block 0 after pruning
+        dense = dense0(x, cos, sin)
+    close(seen[0], want, F32, "block 1 calibrated on pruned block 0 output")
+    assert (seen[0] - dense).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method,variant", [("magnitude", "paper"), ("wanda", "paper"),
+                                            ("foresight", "paper"), ("foresight", "code")])
+def test_e8_prune_exact_sparsity_per_row(make_model, method, variant):
+    model = lora_model(make_model)
+    rep = efx.prune(model, calib(), method, 0.5, foresight_variant=variant, log=quiet)
+    for name, mod in M.lora_modules(model):
+        assert ((mod.weight == 0).sum(1) == mod.in_features // 2).all(), name
+        assert (mod.lora_B == 0).all()                             # merged, B reset
+    assert rep["overall_sparsity"] == 0.5 and len(rep["blocks"]) == 2
+    assert rep["peak_mem_bytes"] > 0 and all(b["time_s"] >= 0 for b in rep["blocks"])
+
+
+@pytest.mark.parametrize("method", ["wanda", "foresight", "sparsegpt"])
+def test_e10_prune_nm(make_model, method):
+    model = lora_model(make_model)
+    rep = efx.prune(model, calib(), method, 0.5, nm="2:4", log=quiet)
+    assert rep["nm_valid"] and rep["overall_sparsity"] >= 0.5
+    for _, mod in M.lora_modules(model):
+        assert ((mod.weight.view(mod.out_features, -1, 4) == 0).sum(-1) >= 2).all()
+
+
+def test_e9_prune_per_layer(make_model):
+    model = lora_model(make_model)
+    efx.prune(model, calib(), "foresight", 0.4, per="layer", log=quiet)
+    for _, mod in M.lora_modules(model):
+        assert (mod.weight == 0).sum() == int(0.4 * mod.weight.numel())
+
+
+def test_e11_prune_sparsegpt_updates_weights(make_model):
+    model = lora_model(make_model)
+    before = {n: m.augmented_weight().clone() for n, m in M.lora_modules(model)}
+    rep = efx.prune(model, calib(), "sparsegpt", 0.5, log=quiet)
+    assert 0.5 <= rep["overall_sparsity"] < 0.55
+    for name, mod in M.lora_modules(model):
+        kept = mod.weight != 0
+        assert not torch.allclose(mod.weight[kept], before[name][kept])   # OBS-compensated
+
+
+def test_masked_mode_keeps_zeros_in_forward(make_model):
+    model = lora_model(make_model)
+    efx.prune(model, calib(), "foresight", 0.5, adapter_mode="masked", log=quiet)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, mod in M.lora_modules(model):
+            assert mod.mask is not None and (mod.weight[~mod.mask] == 0).all()
+            mod.lora_B.copy_(torch.randn(mod.lora_B.shape, generator=g))    # "training" moves B
+            eye = torch.eye(mod.in_features)
+            W_fwd = (mod(eye) - (0 if mod.bias is None else mod.bias)).T     # forward weight
+            assert (W_fwd[~mod.mask] == 0).all(), name
+            assert ((W_fwd == 0).sum(1) >= mod.in_features // 2).all()
+
+
+def test_e7_average_in_driver_and_final_call_fresh(make_model):
+    ids, eta, q0 = calib(), 0.5, "model.layers.0.self_attn.q_proj"
+    model = lora_model(make_model)
+    state = {}
+    efx.prune(model, ids, "foresight", 0.5, score_state=state, average=True, log=quiet)
+    S1 = state[q0].clone()
+    with torch.no_grad():      # some "training" between the calls
+        for _, mod in M.lora_modules(model):
+            mod.lora_B.normal_(0, 0.05)
+    fresh, avg = {}, {k: v.clone() for k, v in state.items()}
+    m_fresh, m_avg = copy.deepcopy(model), copy.deepcopy(model)
+    efx.prune(m_fresh, ids, "foresight", 0.5, score_state=fresh, average=False, log=quiet)
+    efx.prune(m_avg, ids, "foresight", 0.5, score_state=avg, average=True, log=quiet)
+    # block 0's q_proj sees the same inputs and partners in both copies: S_bar = eta S2 + (1-eta) S1
+    close(avg[q0], eta * fresh[q0] + (1 - eta) * S1, F32, "E7 after two calls")
+    # a final call without averaging ignores the stored scores
+    junk = {k: torch.rand_like(v) * 1e6 for k, v in state.items()}
+    m_junk, m_none = copy.deepcopy(model), copy.deepcopy(model)
+    efx.prune(m_junk, ids, "foresight", 0.5, score_state=junk, average=False, log=quiet)
+    efx.prune(m_none, ids, "foresight", 0.5, log=quiet)
+    for (n, a), (_, b) in zip(M.lora_modules(m_junk), M.lora_modules(m_none)):
+        assert torch.equal(a.weight == 0, b.weight == 0), n
+
+
+def test_e8_prune_same_seed_same_mask_and_offload(make_model):
+    reps = []
+    for offload in (False, True):
+        model = lora_model(make_model)
+        efx.prune(model, calib(), "foresight", 0.5, offload=offload, batch_size=3, log=quiet)
+        reps.append([mod.weight.clone() for _, mod in M.lora_modules(model)])
+    assert all(torch.equal(a, b) for a, b in zip(*reps))
+
+
+@pytest.mark.parametrize("variant", ["paper", "code"])
+def test_e14_pbs_in_driver_moves_pruned_coordinates(make_model, variant):
+    """PBS changes only B, and W + s' B A (s' = s, or 1 in the code form) shrinks on the
+    pruned coordinates (the first term of E12)."""
+    model = lora_model(make_model)
+    mod = model.model.layers[1].mlp.down_proj
+    W0, A0, B0 = mod.weight.clone(), mod.lora_A.clone(), mod.lora_B.clone()
+    efx.prune(model, calib(), "wanda", 0.5, pbs=True, pbs_variant=variant, adapter_mode="masked",
+              log=quiet)
+    s = mod.scaling if variant == "paper" else 1.0
+    with torch.no_grad():
+        before = (W0 + s * B0 @ A0)[~mod.mask].square().sum()
+        after = (W0 + s * mod.lora_B @ A0)[~mod.mask].square().sum()
+    assert torch.equal(mod.lora_A, A0) and not torch.equal(mod.lora_B, B0)
+    assert after < before, (after, before)     # rank r = 4 of 96 columns: a partial move
+
+
+def test_prune_argument_checks(make_model):
+    model, ids = make_model(), calib()
+    bad = [dict(method="nope"), dict(sparsity=1.0), dict(nm="4:4"), dict(nm="3:5"), dict(nm="x"),
+           dict(method="foresight", foresight_variant="x"), dict(method="sparsegpt", pbs=True),
+           dict(per="col"), dict(adapter_mode="x"), dict(pbs_kappa=2.0), dict(batch_size=0)]
+    for kw in bad:
+        with pytest.raises(ValueError):
+            efx.prune(model, ids, **{"method": "wanda", "sparsity": 0.5, "log": quiet, **kw})
+    with pytest.raises(ValueError):
+        efx.prune(model, ids + 1000, "wanda", 0.5, log=quiet)
+    assert all((mod.weight != 0).all() for _, mod in M.lora_modules(model))   # nothing pruned
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prune_cuda_matches_cpu(make_model):
+    masks = []
+    for dev in ("cpu", "cuda"):
+        model = lora_model(make_model).to(dev)
+        rep = efx.prune(model, calib(), "foresight", 0.5, log=quiet)
+        masks.append([(mod.weight == 0).cpu() for _, mod in M.lora_modules(model)])
+    agree = sum((a == b).float().mean() for a, b in zip(*masks)) / len(masks[0])
+    assert agree > 0.99 and rep["peak_mem_kind"] == "cuda max allocated"
+
+
+def test_cli_one_shot_on_tiny_checkpoint(tiny_ckpt, tmp_path):
+    import json
+    ckpt, _ = tiny_ckpt
+    g = torch.Generator().manual_seed(0)
+    words = lambda n: " ".join(f"w{int(i)}" for i in torch.randint(0, 120, (n,), generator=g))
+    (tmp_path / "calib.txt").write_text(words(400))
+    (tmp_path / "heldout.txt").write_text(words(200))
+    out = tmp_path / "pruned"
+    res = efx.main(["--model", str(ckpt), "--method", "foresight", "--nm", "2:4", "--nsamples", "4",
+                    "--seqlen", "32", "--calib", str(tmp_path / "calib.txt"), "--eval-text",
+                    str(tmp_path / "heldout.txt"), "--device", "cpu", "--save", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["report"]["nm_valid"] and math.isfinite(saved["pruned"]["ppl"])
+    assert saved["dense"]["windows"] == 6 and res["config"]["method"] == "foresight"
+    reloaded = M.load_model(out)
+    for _, m in M.lora_modules(reloaded):
+        assert ((m.weight == 0).sum(1) == m.in_features // 2).all()
