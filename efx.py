@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -159,7 +160,11 @@ def select_mask(scores, sparsity, nm=None, per="row"):
 
 # ---------------------------------------------------------------- solves with retry
 def _chol(K, damp, info, what):
-    """Cholesky of K + damp I; if not positive definite, damp *= 10 (and say so in info)."""
+    """Cholesky of K + damp I; if not positive definite, damp *= 10 (and say so in info).
+    NaN / inf are no conditioning problem that damping could fix: they raise at once."""
+    if not bool(torch.isfinite(K).all()):
+        raise FloatingPointError(f"{what}: the matrix holds {int(K.isnan().sum())} NaN and "
+                                 f"{int(K.isinf().sum())} inf entries; stopping")
     eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
     for _ in range(8):
         L, bad = torch.linalg.cholesky_ex(K + damp * eye)
@@ -360,6 +365,17 @@ def _parse_nm(nm):
     return N, M
 
 
+def check_nm_fits(config, nm):
+    """SPEC (E10) needs every map's input width divisible by M: checked on the model's Config
+    alone, before any weight is loaded. nm: (N, M) or "N:M"."""
+    nm = _parse_nm(nm)
+    _check_nm(nm, nm[1])
+    for what, n in (("q/k/v/gate/up_proj (hidden_size)", config.hidden_size),
+                    ("o_proj (heads x head_dim)", config.num_attention_heads * config.head_dim),
+                    ("down_proj (intermediate_size)", config.intermediate_size)):
+        _check_nm(nm, n, what)
+
+
 def _check_prune_args(model, calib_ids, o):
     """Every argument of prune(), before any heavy work: ValueError with a one-line message."""
     choices = {"method": METHODS, "per": ("row", "layer"), "adapter_mode": ("merge", "masked"),
@@ -432,6 +448,7 @@ def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_vari
         for i, block in enumerate(layers):
             t0 = time.time()
             stats = calibrate_block(block, xs, cos, sin, method == "sparsegpt", batch_size)
+            _check_finite_stats(stats, i)
             mods = _maps(block)
             Ws = None             # ForeSight: the block's (augmented) partner weights
             if method == "foresight":
@@ -469,6 +486,19 @@ def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_vari
         report["peak_mem_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         report["peak_mem_kind"] = "process max RSS"
     return report
+
+
+def _check_finite_stats(stats, i):
+    """NaN / inf in h or H (overflowing activations, a broken checkpoint) would silently
+    give arbitrary masks: stop the call instead, naming the block, map and statistic."""
+    for name, st in stats.items():
+        for k, v in st.items():
+            if not bool(torch.isfinite(v).all()):
+                part = "self_attn" if name in SEVEN_MAPS[:4] else "mlp"
+                raise FloatingPointError(
+                    f"efx.prune: calibration statistic {k} of model.layers.{i}.{part}.{name} holds "
+                    f"{int(v.isnan().sum())} NaN and {int(v.isinf().sum())} inf entries "
+                    "(the block's inputs overflow or the weights are not finite); stopping")
 
 
 def _sparsity_of(W, nm):
@@ -563,15 +593,49 @@ def _parse(argv):
     return PruneConfig(**{**base, **{k: v for k, v in args.items() if v is not None and k != "config"}})
 
 
+def check_config(c: PruneConfig) -> PruneConfig:
+    """Every CLI argument, before the model is loaded: ValueError with a one-line message."""
+    choices = {"method": METHODS, "per": ("row", "layer"), "foresight_variant": ("paper", "code"),
+               "dtype": ("float32", "bfloat16", "float16")}
+    for field, allowed in choices.items():
+        if getattr(c, field) not in allowed:
+            raise ValueError(f"{field}={getattr(c, field)!r}, expected one of {allowed}")
+    if not 0 <= c.sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {c.sparsity}")
+    if c.nm:
+        N, M = _parse_nm(c.nm)
+        _check_nm((N, M), M)                       # 0 < N < M; widths once the config is read
+    if min(c.nsamples, c.batch_size, c.eval_windows) < 1 or c.seqlen < 2:
+        raise ValueError("nsamples, batch_size and eval_windows must be >= 1 and seqlen >= 2, "
+                         f"got {c.nsamples}, {c.batch_size}, {c.eval_windows}, {c.seqlen}")
+    if not 0 <= c.heldout_frac < 1:
+        raise ValueError(f"heldout_frac must be in [0, 1), got {c.heldout_frac}")
+    for field in ("model", "calib", "eval_text"):
+        if getattr(c, field) and not Path(getattr(c, field)).exists():
+            raise FileNotFoundError(f"{field}: path {getattr(c, field)!r} does not exist")
+    return c
+
+
 def main(argv=None):
+    """The CLI: input errors end the process with one line, `efx.py: error: ...`, exit 1."""
+    try:
+        return run(check_config(_parse(argv)))
+    except (ValueError, OSError, FloatingPointError) as e:
+        sys.exit(f"efx.py: error: {e}")
+
+
+def run(cfg: PruneConfig) -> dict:
     import data
     import eval as ev
     import model as M
-    cfg = _parse(argv)
     model_dir = Path(cfg.model) if cfg.model else data.default_model_dir()
+    mcfg = M.load_config(model_dir)                # cheap checks before the weights are read
+    if cfg.nm:
+        check_nm_fits(mcfg, cfg.nm)
+    tok = M.load_tokenizer(model_dir)
+    M.check_tokenizer(tok, mcfg, model_dir)
     dev = torch.device(cfg.device) if cfg.device else M.pick_device()
     model = M.load_model(model_dir, device=dev, dtype=getattr(torch, cfg.dtype))
-    tok = M.load_tokenizer(model_dir)
     general = [] if cfg.calib and cfg.eval_text else tok.encode(data.general_corpus(), bos=False)
     cut = int(len(general) * (1 - cfg.heldout_frac))
     calib_src = tok.encode(Path(cfg.calib).read_text(), bos=False) if cfg.calib else general[:cut]

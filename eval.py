@@ -21,6 +21,7 @@ import inspect
 import json
 import math
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -473,6 +474,8 @@ def _write(out, results, table):
 
 
 def main(argv=None):
+    """The CLI. Bad input ends the process with one line, `eval.py: error: ...`, exit 1
+    (argparse's own errors: usage line + error, exit 2); no traceback."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="HF-layout model directory")
     ap.add_argument("--domain", choices=["med", "legal"])
@@ -490,37 +493,67 @@ def main(argv=None):
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.4, 0.5])
     ap.add_argument("--train-config", help="JSON of train.py config fields for --compare")
     args = ap.parse_args(argv)
+    if args.compare and not args.domain:
+        ap.error("--compare needs --domain")
+    if not args.compare and (not args.model or not (args.domain or args.tasks)):
+        ap.error("need --model and one of --domain / --tasks")
+    try:
+        _check_args(args)
+        _run(args)
+    except (ValueError, OSError, FloatingPointError) as e:
+        sys.exit(f"eval.py: error: {e}")
+
+
+def _check_args(a):
+    """Every argument, before a model is loaded or trained."""
+    if a.seqlen < 2:
+        raise ValueError(f"--seqlen must be >= 2, got {a.seqlen}")
+    for name in ("max_examples", "ppl_max_windows", "max_new_tokens"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.compare and not all(0 <= s < 1 for s in a.sparsity):
+        raise ValueError(f"--sparsity values must be in [0, 1), got {a.sparsity}")
+    for flag, paths in (("model", [a.model]), ("tasks", a.tasks or []),
+                        ("ppl-file", [a.ppl_file]), ("train-config", [a.train_config])):
+        for p in paths:
+            if p and not Path(p).exists():
+                raise FileNotFoundError(f"--{flag}: path {p!r} does not exist")
+
+
+def _run(args):
     eval_kw = dict(seqlen=args.seqlen, max_examples=args.max_examples, mode=args.mode,
                    max_new_tokens=args.max_new_tokens, ppl_max_windows=args.ppl_max_windows)
     if args.compare:
-        if not args.domain:
-            ap.error("--compare needs --domain")
         base = json.loads(Path(args.train_config).read_text()) if args.train_config else {}
         if args.model:
             base.setdefault("model", args.model)
         print(compare(args.domain, args.sparsity, base_cfg=base, out=args.out, **eval_kw)["table"])
         return
-    if not args.model or not (args.domain or args.tasks):
-        ap.error("need --model and one of --domain / --tasks")
     import data
     import model as model_mod
-    device = torch.device(args.device) if args.device else model_mod.pick_device()
-    model = model_mod.load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    config = model_mod.load_config(args.model)          # input checks before the weights load
     tok = model_mod.load_tokenizer(args.model)
+    model_mod.check_tokenizer(tok, config, args.model)
     tasks, ppl_text, corpus = {}, None, ""
     if args.domain:
         dom = data.default_domain(args.domain)
         tasks, ppl_text, corpus = dict(dom["test"]), dom.get("ppl_text"), f"{args.domain}:ppl_text"
     for f in args.tasks or []:
         tasks[Path(f).stem] = data.load_jsonl_tasks(f)
+        if not tasks[Path(f).stem]:
+            raise ValueError(f"{f}: no examples")
+        task_kind(Path(f).stem, tasks[Path(f).stem])   # classification or summaries, not a mix
     if args.ppl_file:
         ppl_text, corpus = Path(args.ppl_file).read_text(), args.ppl_file
+    device = torch.device(args.device) if args.device else model_mod.pick_device()
+    model = model_mod.load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
     res = evaluate(model, tok, tasks, ppl_text, ppl_corpus=corpus, **eval_kw)
     res.update(sparsity=sparsity_report(model), config=vars(args))
     table = markdown_table([{"name": Path(args.model).name, "metrics": res["metrics"]}],
                            list(res["metrics"]))
     _write(args.out, res, table)
     print(table)
+
 
 if __name__ == "__main__":
     main()

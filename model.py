@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 SEVEN_MAPS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -62,6 +63,11 @@ class Config:
         if self.model_type not in ARCHITECTURES:
             raise ValueError(f"config: unsupported model_type {self.model_type!r} "
                              f"(supported: {', '.join(ARCHITECTURES)})")
+        for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads", "head_dim"):
+            v = getattr(self, k)
+            if v is not None and (type(v) is not int or v <= 0):
+                raise ValueError(f"config: {k} must be a positive integer, got {v!r}")
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
@@ -73,6 +79,9 @@ class Config:
     @classmethod
     def from_hf(cls, d: dict) -> "Config":
         """Parse an HF config dict (both dialects); unsupported values raise ValueError."""
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"config.json: missing required field(s) {missing}")
         mt, sw = d.get("model_type"), d.get("sliding_window")
         unsupported = {                      # field -> why it cannot load (falsy: fine)
             "model_type": mt not in ARCHITECTURES
@@ -99,6 +108,11 @@ class Config:
         if rtype not in ("default", "llama3"):
             raise ValueError(f"config.json: unsupported rope_scaling rope_type {rtype!r} "
                              "(only 'default' and 'llama3')")
+        llama3_keys = ("factor", "low_freq_factor", "high_freq_factor",
+                       "original_max_position_embeddings")
+        if rtype == "llama3" and any(k not in scaling for k in llama3_keys):
+            raise ValueError(f"config.json: rope_scaling llama3 needs {llama3_keys}, got "
+                             f"{sorted(scaling)}")
         scaling = {**{k: v for k, v in scaling.items() if k not in ("type", "rope_theta")},
                    "rope_type": rtype}
         kw = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
@@ -447,12 +461,16 @@ def save_adapters(model, path):
     (path / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     tensors = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}").detach()
                .float().cpu().contiguous() for n, m in mods for ab in "AB"}
-    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    _atomic_save(tensors, path / "adapter_model.safetensors")
 
 
 def load_adapters(model, path):
     """Attach adapters from a PEFT directory (strict: every key and shape must match)."""
     path = Path(path)
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path}: no adapter_model.safetensors (only safetensors "
+                                "adapters are read; pickle files such as adapter_model.bin are not)")
     cfg = json.loads((path / "adapter_config.json").read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{path}/adapter_config.json: peft_type {cfg['peft_type']!r} != 'LORA'")
@@ -461,8 +479,8 @@ def load_adapters(model, path):
              [targets] if isinstance(targets, str) else targets)
     expected = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}")
                 for n, m in lora_modules(model) if m.r > 0 for ab in "AB"}
-    with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f, torch.no_grad():
-        _check_keys(set(f.keys()), expected, path / "adapter_model.safetensors")
+    with _open_safetensors(weights) as f, torch.no_grad():
+        _check_keys(set(f.keys()), expected, weights)
         for k, p in expected.items():
             t = f.get_tensor(k)
             _check_shape(k, p.shape, t.shape)
@@ -484,6 +502,21 @@ def _check_shape(name, expected, found):
         raise ValueError(f"tensor {name}: expected shape {tuple(expected)}, found {tuple(found)}")
 
 
+def _open_safetensors(fn):
+    """safe_open that names the file when it is truncated, corrupt or not safetensors at all."""
+    try:
+        return safe_open(str(fn), framework="pt")
+    except SafetensorError as e:
+        raise ValueError(f"{fn}: not a valid safetensors file ({e})") from None
+
+
+def _atomic_save(tensors: dict, fn: Path):
+    """save_file to a temporary file, then rename: a kill mid-write leaves the old file."""
+    tmp = fn.with_name(fn.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, fn)
+
+
 def _weight_files(path: Path) -> dict:
     """{tensor name: safetensors file} from model.safetensors or a sharded index."""
     index, single = path / "model.safetensors.index.json", path / "model.safetensors"
@@ -494,18 +527,49 @@ def _weight_files(path: Path) -> dict:
                 raise ValueError(f"{index}: shard {fn!r} must be a plain file name")
         return {k: path / fn for k, fn in weight_map.items()}
     if not single.exists():
+        others = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in path.glob(pattern))
         raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json"
-                                " (only safetensors weights are read)")
-    with safe_open(str(single), framework="pt") as f:
+                                f"{f' (found {others[:3]})' if others else ''}; only safetensors"
+                                " weights are read (pickle files can run code): convert them first")
+    with _open_safetensors(single) as f:
         return {k: single for k in f.keys()}
+
+
+def load_config(path) -> Config:
+    """config.json of a checkpoint directory -> Config (unsupported values raise ValueError
+    naming the file). Only fields Config knows are read: `auto_map`, `trust_remote_code` and
+    other references to code in the directory are ignored; nothing there is ever imported."""
+    fn = Path(path) / "config.json"
+    if not fn.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected an HF checkpoint directory)")
+    try:
+        d = json.loads(fn.read_text())
+        if not isinstance(d, dict):
+            raise ValueError("expected a JSON object")
+        return Config.from_hf(d)
+    except ValueError as e:          # json.JSONDecodeError is a ValueError too
+        msg = str(e).removeprefix("config.json: ").removeprefix("config: ")
+        raise ValueError(f"{fn}: {msg}") from None
+
+
+def check_tokenizer(tok, cfg: Config, where=""):
+    """Every id the tokenizer can produce must index the embedding table (vocab_size rows); a
+    larger vocabulary would fail (or index garbage) only when such a token first appears."""
+    specials = {k: getattr(tok, f"{k}_id") for k in ("bos", "eos", "pad")}
+    bad = {k: v for k, v in specials.items() if v is not None and not 0 <= v < cfg.vocab_size}
+    if tok.vocab_size > cfg.vocab_size or bad:
+        raise ValueError(f"{where}{'/' if where else ''}tokenizer.json: {tok.vocab_size} tokens"
+                         f"{f' (special ids {bad})' if bad else ''} do not fit the model's "
+                         f"vocab_size={cfg.vocab_size} (config.json)")
 
 
 def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     """HF checkpoint directory -> Transformer (eval mode) on `device`, floating tensors cast
-    to `dtype` (a torch dtype or its name; None: config torch_dtype). Built on the meta
-    device, so no memory or time goes into a throwaway random init."""
+    to `dtype` (a torch dtype or its name; None: config torch_dtype), as HF casts to its
+    torch_dtype; a non-floating tensor (every weight here is floating) raises. Built on the
+    meta device, so no memory or time goes into a throwaway random init."""
     path = Path(path)
-    cfg = Config.from_hf(json.loads((path / "config.json").read_text()))
+    cfg = load_config(path)
     dtype = DTYPES.get(cfg.torch_dtype, torch.float32) if dtype is None else dtype
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     with torch.device("meta"):
@@ -520,11 +584,14 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     _check_keys(set(files), expected, path)
     state = {}
     for fn in sorted(set(files.values())):
-        with safe_open(str(fn), framework="pt") as f:
+        with _open_safetensors(fn) as f:
             for k in (k for k in f.keys() if k in expected):
                 t = f.get_tensor(k)          # one tensor at a time: no second model copy
                 _check_shape(k, expected[k], t.shape)
-                state[k] = t.to(device, dtype if t.is_floating_point() else t.dtype)
+                if not t.is_floating_point():
+                    raise ValueError(f"tensor {k} in {fn}: expected a floating-point dtype, "
+                                     f"found {t.dtype}")
+                state[k] = t.to(device, dtype)
     model.load_state_dict(state, strict=False, assign=True)   # keys checked above
     model.tie_weights()
     model.path = path
@@ -544,11 +611,12 @@ def save_model(model: Transformer, path):
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if ".lora_" not in k
              and not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    _atomic_save(state, path / "model.safetensors")     # a kill keeps the previous file
     (path / "model.safetensors.index.json").unlink(missing_ok=True)   # would shadow it
     dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
-    (path / "config.json").write_text(json.dumps({**model.config.to_hf(), "torch_dtype": dtype},
-                                                 indent=2))
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps({**model.config.to_hf(), "torch_dtype": dtype}, indent=2))
+    os.replace(tmp, path / "config.json")
     src = Path(model.path) if model.path is not None else None
     if src is not None and src.resolve() != path.resolve():
         for fn in TOKENIZER_FILES:

@@ -98,7 +98,7 @@ PRESETS = {
     "paper": dict(lora_r=8, lora_alpha=16, lora_dropout=0.05, lr=2e-4, epochs=3, batch_size=4,
                   nsamples=128, seqlen=2048, mask_lr=0.5, pbs=True, max_len=2048, max_train=0),
     # The main job on 2 CPU cores: a few minutes.
-    "default": dict(epochs=2, max_train=192, nsamples=16, seqlen=256, max_len=256, eval_max=40,
+    "default": dict(epochs=2, max_train=96, nsamples=16, seqlen=256, max_len=256, eval_max=40,
                     eval_ppl_windows=16),
     # About a minute: a check that the whole pipeline runs.
     "smoke": dict(epochs=2, max_train=16, nsamples=4, seqlen=128, max_len=128, eval_max=8,
@@ -315,8 +315,9 @@ def run(cfg) -> dict:
         efx.check_nm_fits(model_cfg, cfg.nm)
     dom = data.default_domain(cfg.domain) if not cfg.train else None
     examples = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
-    if cfg.max_train:
-        examples = examples[:cfg.max_train]
+    if cfg.max_train:        # a seeded sample across the tasks (the domain lists them task by task)
+        pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
+        examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
     encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
     if trunc["prompt_cut"] or trunc["completion_cut"]:
         _log(f"[train] {trunc['prompt_cut']} prompts and {trunc['completion_cut']} completions of "
