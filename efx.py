@@ -30,6 +30,7 @@ import torch
 from model import SEVEN_MAPS   # q, k, v, o, gate, up, down: also the pruning order in a block
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "foresight")
+CHOICES = {"method": METHODS, "per": ("row", "layer"), "foresight_variant": ("paper", "code")}
 
 
 # ---------------------------------------------------------------- criteria (E2-E6)
@@ -61,8 +62,7 @@ def consumer_energy(name, Ws, n_heads, n_kv_heads):
     """
     d_h, g = _heads(Ws, n_heads, n_kv_heads)
     if name == "q_proj":   # ||K_{gamma(h) d_h + c, :}||^2, repeated over the g heads of gamma
-        k_rows = Ws["k_proj"].square().sum(1).view(n_kv_heads, 1, d_h)
-        return k_rows.expand(n_kv_heads, g, d_h).reshape(-1)
+        return Ws["k_proj"].square().sum(1).view(n_kv_heads, d_h).repeat(1, g).reshape(-1)
     if name == "k_proj":   # sum over the g query heads of ||Q_{h d_h + c, :}||^2
         return Ws["q_proj"].square().sum(1).view(n_kv_heads, g, d_h).sum(1).reshape(-1)
     if name == "v_proj":   # sum over the g heads of ||O_{:, h d_h + c}||^2
@@ -72,30 +72,27 @@ def consumer_energy(name, Ws, n_heads, n_kv_heads):
     if name in ("gate_proj", "up_proj"):
         return Ws["down_proj"].square().sum(0)
     if name == "down_proj":  # consumer is the residual stream
-        return torch.ones(Ws["down_proj"].shape[0], dtype=Ws["down_proj"].dtype,
-                          device=Ws["down_proj"].device)
+        return Ws["down_proj"].new_ones(Ws["down_proj"].shape[0])
     raise ValueError(f"foresight: unknown map {name!r}; expected one of {SEVEN_MAPS}")
 
 
 def partner_factor(name, Ws, n_heads, n_kv_heads):
     """SPEC (E6) table: phi, broadcastable to (m, n). Ws hold W + B A (no scale, as the code)."""
     d_h, g = _heads(Ws, n_heads, n_kv_heads)
-    n_kv = n_kv_heads
     if name == "q_proj":   # row (h, c): ||K_gamma(h)[:, b]|| over the d_h rows of kv head gamma(h)
-        k = Ws["k_proj"].square().view(n_kv, d_h, -1).sum(1).sqrt()            # (n_kv, n)
-        return k.unsqueeze(1).expand(n_kv, g * d_h, k.shape[1]).reshape(-1, k.shape[1])
+        k = Ws["k_proj"].square().view(n_kv_heads, d_h, -1).sum(1).sqrt()      # (n_kv, n)
+        return k.repeat_interleave(g * d_h, dim=0)
     if name == "k_proj":   # row (gamma, c): sqrt(mean over the g heads of ||Q_h[:, b]||^2)
-        q = (Ws["q_proj"].square().view(n_kv, g * d_h, -1).sum(1) / g).sqrt()    # (n_kv, n)
+        q = (Ws["q_proj"].square().view(n_kv_heads, g * d_h, -1).sum(1) / g).sqrt()   # (n_kv, n)
         return q.repeat_interleave(d_h, dim=0)
     if name == "v_proj":   # row (gamma, c): sqrt(mean over heads of ||O_{:, h d_h + c}||^2)
-        o = Ws["o_proj"].square().sum(0).view(n_kv, g, d_h).mean(1).sqrt()
-        return o.reshape(-1, 1)
+        return (consumer_energy(name, Ws, n_heads, n_kv_heads) / g).sqrt().unsqueeze(1)
     if name == "o_proj":
         return ((Ws["gate_proj"].norm(dim=0) + Ws["up_proj"].norm(dim=0)) / 2).unsqueeze(1)
     if name in ("gate_proj", "up_proj"):  # row b of down_proj, indexed by the INPUT b (as the code)
         return Ws["down_proj"].norm(dim=1).unsqueeze(0)
     if name == "down_proj":
-        return torch.ones(1, 1, dtype=Ws["down_proj"].dtype, device=Ws["down_proj"].device)
+        return Ws["down_proj"].new_ones(1, 1)
     raise ValueError(f"foresight: unknown map {name!r}; expected one of {SEVEN_MAPS}")
 
 
@@ -109,7 +106,7 @@ def foresight_score(name, Ws, h, n_heads, n_kv_heads, variant="paper"):
     if variant == "paper":
         return W.square() * h.unsqueeze(0) * consumer_energy(name, Ws, n_heads, n_kv_heads).unsqueeze(1)
     if variant == "code":
-        return W.abs() * h.sqrt().unsqueeze(0) * partner_factor(name, Ws, n_heads, n_kv_heads)
+        return wanda_score(W, h) * partner_factor(name, Ws, n_heads, n_kv_heads)
     raise ValueError(f"foresight_variant must be 'paper' or 'code', got {variant!r}")
 
 
@@ -137,34 +134,34 @@ def select_mask(scores, sparsity, nm=None, per="row"):
     E8 per="row": floor(rho n) per row; E9 per="layer": floor(rho m n) in the matrix;
     E10 nm=(N, M): the N lowest of every M consecutive columns (sparsity is then ignored).
     Stable sorts: among equal scores the lower column (flat) index is pruned first.
+    All three prune the k lowest of every row of a view: (m, n), (1, m n) or (m n / M, M).
     """
     m, n = scores.shape
     if nm is not None:
         _check_nm(nm, n, "scores")
-        N, M = nm
-        groups = scores.reshape(m, n // M, M)
-        low = torch.sort(groups, dim=-1, stable=True).indices[..., :N]
-        keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, low, False)
-        return keep.reshape(m, n)
-    if not 0 <= sparsity < 1:
+        rows, k = scores.reshape(-1, nm[1]), nm[0]
+    elif not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    if per == "row":      # int() as Wanda does: floor for positive values
-        low = torch.sort(scores, dim=1, stable=True).indices[:, : int(n * sparsity)]
-        return torch.ones_like(scores, dtype=torch.bool).scatter_(1, low, False)
-    if per == "layer":
-        low = torch.sort(scores.reshape(-1), stable=True).indices[: int(m * n * sparsity)]
-        keep = torch.ones(m * n, dtype=torch.bool, device=scores.device)
-        return keep.scatter_(0, low, False).view(m, n)
-    raise ValueError(f"per must be 'row' or 'layer', got {per!r}")
+    elif per not in ("row", "layer"):
+        raise ValueError(f"per must be 'row' or 'layer', got {per!r}")
+    else:                 # int() as Wanda does: floor for positive values
+        rows = scores if per == "row" else scores.reshape(1, -1)
+        k = int(rows.shape[1] * sparsity)
+    low = torch.sort(rows, dim=1, stable=True).indices[:, :k]
+    return torch.ones_like(rows, dtype=torch.bool).scatter_(1, low, False).view(m, n)
 
 
 # ---------------------------------------------------------------- solves with retry
+def _check_finite(t, what, cause=""):
+    """NaN / inf give arbitrary masks and solves, and no damping fixes them: raise at once."""
+    if not bool(torch.isfinite(t).all()):
+        raise FloatingPointError(f"{what} holds {int(t.isnan().sum())} NaN and "
+                                 f"{int(t.isinf().sum())} inf entries{cause}; stopping")
+
+
 def _chol(K, damp, info, what):
-    """Cholesky of K + damp I; if not positive definite, damp *= 10 (and say so in info).
-    NaN / inf are no conditioning problem that damping could fix: they raise at once."""
-    if not bool(torch.isfinite(K).all()):
-        raise FloatingPointError(f"{what}: the matrix holds {int(K.isnan().sum())} NaN and "
-                                 f"{int(K.isinf().sum())} inf entries; stopping")
+    """Cholesky of K + damp I; if not positive definite, damp *= 10 (and say so in info)."""
+    _check_finite(K, f"{what}: the matrix")
     eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
     for _ in range(8):
         L, bad = torch.linalg.cholesky_ex(K + damp * eye)
@@ -210,6 +207,7 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, info=
         W1, R1 = W[:, i1:i2].clone(), R[i1:i2, i1:i2]
         d1 = R1.diagonal()
         Err1 = torch.zeros_like(W1)
+        P1 = torch.zeros_like(W1, dtype=torch.bool)    # N:M: chosen group by group below
         if nm is None and sparsity > 0:
             sal = W1.square() / d1.square()            # OBS saliency w^2 / [H^-1]_cc
             # The original's threshold: the value at 0-based position floor(rho m bs) of the
@@ -217,8 +215,6 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, info=
             # without ties). Kept so that results agree with the original.
             thresh = torch.kthvalue(sal.reshape(-1), int(sal.numel() * sparsity) + 1).values
             P1 = sal <= thresh
-        else:
-            P1 = torch.zeros_like(W1, dtype=torch.bool)
         scale = P1 / d1                                # err = (w - q) / R_cc with q = 0 if pruned
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:    # N lowest saliencies of the next M columns
@@ -297,45 +293,39 @@ def _run_block(block, xs, cos, sin, batch_size, write):
             xs[b:b + batch_size] = y.to(xs.device)
 
 
+# model.py feeds q, k, v the same tensor (the normed block input) and gate, up the same
+# (the normed attention output): they share one accumulator, computed once, one H for three.
+_SAME_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
+
+
 @torch.no_grad()
 def calibrate_block(block, xs, cos, sin, need_H=False, batch_size=8):
-    """Forward hooks on the seven maps accumulate, over every calibration token, SPEC (E1)
+    """Forward hooks on the maps accumulate, over every calibration token, SPEC (E1)
     h = sum_t X_t^2 (n,) and, for SparseGPT, H = X^T X (n, n); float32 on the block's device.
-    Maps fed the very same tensor as the map before them (q, k, v; gate, up) share one
-    accumulator: computed once, and one H instead of three."""
-    stats, shared, handles, last = {}, {}, [], {}
+    Returns {map: {"h": .., "H": ..}} for the seven maps (shared per _SAME_INPUT)."""
+    stats, handles = {}, []
 
-    def hook(name):
+    def hook(st):
         def fn(mod, inputs, output):
-            x = inputs[0]
-            if last.get("x") is x:                # same input as the previous map
-                if shared.setdefault(name, last["name"]) != last["name"]:
-                    raise RuntimeError(f"calibration: {name} changed input source")
-                stats[name] = stats[last["name"]]
-                return
-            if name in shared:
-                raise RuntimeError(f"calibration: {name} no longer shares {shared[name]}'s input")
-            last.update(x=x, name=name)
-            X = x.detach().reshape(-1, x.shape[-1]).float()              # (tokens, n)
-            if name not in stats:
-                n = X.shape[1]
-                stats[name] = {"h": torch.zeros(n, device=X.device)}
-                if need_H:
-                    stats[name]["H"] = torch.zeros(n, n, device=X.device)
-            stats[name]["h"] += X.square().sum(0)
+            X = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()    # (tokens, n)
+            st["h"] += X.square().sum(0)
             if need_H:
-                stats[name]["H"].addmm_(X.T, X)
+                st["H"].addmm_(X.T, X)
         return fn
 
     try:
         for name, mod in _maps(block).items():
-            handles.append(mod.register_forward_hook(hook(name)))
+            if name not in _SAME_INPUT:
+                n, dev = mod.in_features, mod.weight.device
+                st = stats[name] = {"h": torch.zeros(n, device=dev)}
+                if need_H:
+                    st["H"] = torch.zeros(n, n, device=dev)
+                handles.append(mod.register_forward_hook(hook(st)))
         _run_block(block, xs, cos, sin, batch_size, write=False)
     finally:                                   # never leave hooks behind, even on errors
         for hd in handles:
             hd.remove()
-        last.clear()
-    return stats
+    return {name: stats[_SAME_INPUT.get(name, name)] for name in SEVEN_MAPS}
 
 
 def calib_memory_estimate(cfg, nsamples, seqlen, elem_bytes, method, batch_size):
@@ -369,22 +359,25 @@ def check_nm_fits(config, nm):
     """SPEC (E10) needs every map's input width divisible by M: checked on the model's Config
     alone, before any weight is loaded. nm: (N, M) or "N:M"."""
     nm = _parse_nm(nm)
-    _check_nm(nm, nm[1])
     for what, n in (("q/k/v/gate/up_proj (hidden_size)", config.hidden_size),
                     ("o_proj (heads x head_dim)", config.num_attention_heads * config.head_dim),
                     ("down_proj (intermediate_size)", config.intermediate_size)):
         _check_nm(nm, n, what)
 
 
-def _check_prune_args(model, calib_ids, o):
-    """Every argument of prune(), before any heavy work: ValueError with a one-line message."""
-    choices = {"method": METHODS, "per": ("row", "layer"), "adapter_mode": ("merge", "masked"),
-               "foresight_variant": ("paper", "code"), "pbs_variant": ("paper", "code")}
+def _check_options(o, where, **choices):
+    """Shared by prune() and the CLI: each field among its choices, sparsity in [0, 1)."""
     for field, allowed in choices.items():
         if getattr(o, field) not in allowed:
-            raise ValueError(f"prune: {field}={getattr(o, field)!r}, expected one of {allowed}")
+            raise ValueError(f"{where}{field}={getattr(o, field)!r}, expected one of {allowed}")
     if not 0 <= o.sparsity < 1:
-        raise ValueError(f"prune: sparsity must be in [0, 1), got {o.sparsity}")
+        raise ValueError(f"{where}sparsity must be in [0, 1), got {o.sparsity}")
+
+
+def _check_prune_args(model, calib_ids, o):
+    """Every argument of prune(), before any heavy work: ValueError with a one-line message."""
+    _check_options(o, "prune: ", **CHOICES, adapter_mode=("merge", "masked"),
+                   pbs_variant=("paper", "code"))
     if not (0 < o.mask_lr <= 1 and 0 <= o.pbs_kappa <= 1 and o.batch_size >= 1):
         raise ValueError(f"prune: need 0 < mask_lr <= 1, 0 <= pbs_kappa <= 1, batch_size >= 1; "
                          f"got {o.mask_lr}, {o.pbs_kappa}, {o.batch_size}")
@@ -396,9 +389,7 @@ def _check_prune_args(model, calib_ids, o):
     if int(calib_ids.max()) >= model.config.vocab_size or int(calib_ids.min()) < 0:
         raise ValueError(f"prune: calib_ids outside [0, vocab_size={model.config.vocab_size})")
     if o.nm is not None:
-        for i, block in enumerate(model.model.layers):
-            for name, mod in _maps(block).items():
-                _check_nm(o.nm, mod.in_features, f"layers.{i}.{name}")
+        check_nm_fits(model.config, o.nm)
 
 
 @torch.no_grad()
@@ -448,14 +439,18 @@ def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_vari
         for i, block in enumerate(layers):
             t0 = time.time()
             stats = calibrate_block(block, xs, cos, sin, method == "sparsegpt", batch_size)
-            _check_finite_stats(stats, i)
             mods = _maps(block)
+            prefix = f"model.layers.{i}."
+            names = {n: prefix + ("self_attn." if n in SEVEN_MAPS[:4] else "mlp.") + n for n in mods}
+            for name, st in stats.items():    # NaN / inf would give arbitrary masks: stop first
+                for k, v in st.items():
+                    _check_finite(v, f"efx.prune: calibration statistic {k} of {names[name]}",
+                                  " (the block's inputs overflow or the weights are not finite)")
             Ws = None             # ForeSight: the block's (augmented) partner weights
             if method == "foresight":
                 Ws = {n: _effective(m, lora_scale) for n, m in mods.items()}
             for name, mod in mods.items():
-                full = f"model.layers.{i}.{'self_attn' if name in SEVEN_MAPS[:4] else 'mlp'}.{name}"
-                info = {}
+                full, info = names[name], {}
                 _prune_map(mod, name, full, stats[name], Ws, info, opt, gen, cfg)
                 for note in info.get("damping_increased", []):
                     report["damping_increased"].append({"map": full, **note})
@@ -468,7 +463,7 @@ def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_vari
             _run_block(block, xs, cos, sin, batch_size, write=True)   # inputs of block i+1
             if cuda:
                 torch.cuda.synchronize(dev)
-            z = [v for k, v in report["maps"].items() if k.startswith(f"model.layers.{i}.")]
+            z = [report["maps"][full] for full in names.values()]
             bs = sum(v["zeros"] for v in z) / sum(v["numel"] for v in z)
             report["blocks"].append({"block": i, "time_s": time.time() - t0, "sparsity": bs})
             log(f"efx.prune: block {i + 1}/{len(layers)} sparsity {bs:.4f} "
@@ -488,62 +483,43 @@ def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_vari
     return report
 
 
-def _check_finite_stats(stats, i):
-    """NaN / inf in h or H (overflowing activations, a broken checkpoint) would silently
-    give arbitrary masks: stop the call instead, naming the block, map and statistic."""
-    for name, st in stats.items():
-        for k, v in st.items():
-            if not bool(torch.isfinite(v).all()):
-                part = "self_attn" if name in SEVEN_MAPS[:4] else "mlp"
-                raise FloatingPointError(
-                    f"efx.prune: calibration statistic {k} of model.layers.{i}.{part}.{name} holds "
-                    f"{int(v.isnan().sum())} NaN and {int(v.isinf().sum())} inf entries "
-                    "(the block's inputs overflow or the weights are not finite); stopping")
-
-
 def _sparsity_of(W, nm):
     """Exact zeros of the forward weight; N:M validity = every group of M holds >= N zeros."""
     zeros = int((W == 0).sum())
-    ok = None
-    if nm is not None:
-        ok = bool(((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
+    ok = None if nm is None else bool(((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
     return {"zeros": zeros, "numel": W.numel(), "sparsity": zeros / W.numel(), "nm_valid": ok}
 
 
 def _prune_map(mod, name, full, st, Ws, info, o, gen, cfg):
     """Score, average, mask, optional PBS, then merge or mask one map (SPEC section 8).
     st: its calibration statistics; Ws: the block's partner weights (ForeSight); o: options."""
-    if o.method == "sparsegpt":   # SPEC (E11) on W + s B A; the OBS-updated weights go to W
-        W_new, keep = sparsegpt_prune(_effective(mod, masked=False), st["H"], o.sparsity, o.nm,
-                                      o.blocksize, o.percdamp, info)
-        mod.set_mask(None)
-        mod.merge()               # B = 0, so the forward weight is exactly W_new
-        mod.weight.copy_(W_new.to(mod.weight.dtype))
-        if o.adapter_mode == "masked":
-            mod.set_mask(keep)
-        else:
-            mod.reset_lora(gen)
-        return
     # The map's own candidate weight is unmasked (in masked mode W is already zero on the last
     # mask, so coordinates can regrow through s B A exactly as after a merge).
     code_form = o.method == "foresight" and o.foresight_variant == "code"     # E6: W + B A
     W = _effective(mod, lora_scale=not code_form, masked=False)
-    if o.method == "magnitude":
-        S = magnitude_score(W)                                          # E2
-    elif o.method == "wanda":
-        S = wanda_score(W, st["h"])                                     # E3
+    if o.method == "sparsegpt":   # SPEC (E11) on W + s B A; the OBS-updated weights go to W
+        W_new, keep = sparsegpt_prune(W, st["H"], o.sparsity, o.nm, o.blocksize, o.percdamp, info)
+        mod.set_mask(None)
+        mod.merge()               # B = 0, so the forward weight is exactly W_new (zero where pruned)
+        mod.weight.copy_(W_new.to(mod.weight.dtype))
     else:
-        S = foresight_score(name, {**Ws, name: W}, st["h"], cfg.num_attention_heads,
-                            cfg.num_key_value_heads, o.foresight_variant)   # E5 / E6
-    prev = o.score_state.get(full) if (o.score_state is not None and o.average) else None
-    S = average_score(S, prev, o.mask_lr)                               # E7
-    if o.score_state is not None:
-        o.score_state[full] = S.detach().to("cpu", torch.float32)
-    keep = select_mask(S, o.sparsity, o.nm, o.per)                      # E8 / E9 / E10
-    if o.pbs and mod.r > 0:                                             # E12-E14, B only
-        d = st["h"] if o.pbs_variant == "paper" else st["h"].sqrt().clamp_min(1e-12)
-        mod.lora_B += pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, d, mod.scaling,
-                                 o.pbs_kappa, variant=o.pbs_variant, pbs_damp=o.pbs_damp, info=info)
+        if o.method == "magnitude":
+            S = magnitude_score(W)                                      # E2
+        elif o.method == "wanda":
+            S = wanda_score(W, st["h"])                                 # E3
+        else:
+            S = foresight_score(name, {**Ws, name: W}, st["h"], cfg.num_attention_heads,
+                                cfg.num_key_value_heads, o.foresight_variant)   # E5 / E6
+        prev = o.score_state.get(full) if (o.score_state is not None and o.average) else None
+        S = average_score(S, prev, o.mask_lr)                           # E7
+        if o.score_state is not None:
+            o.score_state[full] = S.detach().to("cpu", torch.float32)
+        keep = select_mask(S, o.sparsity, o.nm, o.per)                  # E8 / E9 / E10
+        if o.pbs and mod.r > 0:                                         # E12-E14, B only
+            d = st["h"] if o.pbs_variant == "paper" else st["h"].sqrt().clamp_min(1e-12)
+            mod.lora_B += pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, d, mod.scaling,
+                                     o.pbs_kappa, variant=o.pbs_variant, pbs_damp=o.pbs_damp,
+                                     info=info)
     if o.adapter_mode == "merge":  # W <- M * (W + s B A), A re-initialised, B = 0
         mod.set_mask(None)
         mod.merge(keep)
@@ -579,32 +555,25 @@ class PruneConfig:
 def _parse(argv):
     ap = argparse.ArgumentParser(description="One-shot pruning with efx (SPEC sections 3-6).")
     ap.add_argument("--config", help="JSON file of PruneConfig fields; flags override it")
-    for f in dataclasses.fields(PruneConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
+    defaults = {f.name: f.default for f in dataclasses.fields(PruneConfig)}
+    for name, default in defaults.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
             ap.add_argument(flag, action="store_true", default=None)
         else:
-            ap.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
+            ap.add_argument(flag, type=type(default), default=None)
     args = vars(ap.parse_args(argv))
-    base = json.loads(Path(args.pop("config")).read_text()) if args.get("config") else {}
-    unknown = set(base) - {f.name for f in dataclasses.fields(PruneConfig)}
-    if unknown:
-        raise ValueError(f"--config: unknown fields {sorted(unknown)}")
-    return PruneConfig(**{**base, **{k: v for k, v in args.items() if v is not None and k != "config"}})
+    path = args.pop("config")
+    values = json.loads(Path(path).read_text()) if path else {}
+    if set(values) - set(defaults):
+        raise ValueError(f"--config: unknown fields {sorted(set(values) - set(defaults))}")
+    return PruneConfig(**{**values, **{k: v for k, v in args.items() if v is not None}})
 
 
 def check_config(c: PruneConfig) -> PruneConfig:
-    """Every CLI argument, before the model is loaded: ValueError with a one-line message."""
-    choices = {"method": METHODS, "per": ("row", "layer"), "foresight_variant": ("paper", "code"),
-               "dtype": ("float32", "bfloat16", "float16")}
-    for field, allowed in choices.items():
-        if getattr(c, field) not in allowed:
-            raise ValueError(f"{field}={getattr(c, field)!r}, expected one of {allowed}")
-    if not 0 <= c.sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {c.sparsity}")
-    if c.nm:
-        N, M = _parse_nm(c.nm)
-        _check_nm((N, M), M)                       # 0 < N < M; widths once the config is read
+    """Every CLI argument, before the model is loaded: ValueError with a one-line message.
+    --nm is checked by check_nm_fits in run(), as soon as config.json is read."""
+    _check_options(c, "", **CHOICES, dtype=("float32", "bfloat16", "float16"))
     if min(c.nsamples, c.batch_size, c.eval_windows) < 1 or c.seqlen < 2:
         raise ValueError("nsamples, batch_size and eval_windows must be >= 1 and seqlen >= 2, "
                          f"got {c.nsamples}, {c.batch_size}, {c.eval_windows}, {c.seqlen}")
