@@ -8,8 +8,7 @@
 * KV-cache generation (greedy, or seeded temperature / top-k / top-p), a `tokenizers`
   wrapper, a device picker. Only safetensors are read; nothing in a checkpoint is executed.
 
-Order: config -> blocks -> model -> LoRA helpers -> checkpoint I/O -> tokenizer.
-GGUF -> HF conversion of the offline default model: convert.py.
+Order: config -> blocks -> model -> checkpoint I/O -> tokenizer. GGUF -> HF: convert.py.
 Tests: `python -m pytest -q tests/test_model.py`.
 """
 from __future__ import annotations
@@ -61,17 +60,17 @@ class Config:
 
     def __post_init__(self):
         if self.model_type not in ARCHITECTURES:
-            raise ValueError(f"config: unsupported model_type {self.model_type!r} "
+            raise ValueError(f"unsupported model_type: {self.model_type!r} "
                              f"(supported: {', '.join(ARCHITECTURES)})")
         for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                   "num_attention_heads", "num_key_value_heads", "head_dim"):
             v = getattr(self, k)
             if v is not None and (type(v) is not int or v <= 0):
-                raise ValueError(f"config: {k} must be a positive integer, got {v!r}")
+                raise ValueError(f"{k} must be a positive integer, got {v!r}")
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"config: num_attention_heads={self.num_attention_heads} is not a "
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a "
                              f"multiple of num_key_value_heads={self.num_key_value_heads}")
         self.attention_bias |= self.model_type == "qwen2"   # Qwen2: always q/k/v bias
         self.qk_norm |= self.model_type == "qwen3"
@@ -81,42 +80,37 @@ class Config:
         """Parse an HF config dict (both dialects); unsupported values raise ValueError."""
         missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in d]
         if missing:
-            raise ValueError(f"config.json: missing required field(s) {missing}")
-        mt, sw = d.get("model_type"), d.get("sliding_window")
+            raise ValueError(f"missing required field(s) {missing}")
+        mt, act, sw = d.get("model_type"), d.get("hidden_act", "silu"), d.get("sliding_window")
         unsupported = {                      # field -> why it cannot load (falsy: fine)
-            "model_type": mt not in ARCHITECTURES
-            and f"{mt!r} (supported: {', '.join(ARCHITECTURES)})",
-            "hidden_act": d.get("hidden_act", "silu") != "silu"
-            and f"{d.get('hidden_act')!r} (only 'silu')",
-            "mlp_bias": bool(d.get("mlp_bias")) and "true",
-            "quantization_config": bool(d.get("quantization_config")) and "present",
+            "hidden_act": act != "silu" and f"{act!r} (only 'silu')",
+            "mlp_bias": d.get("mlp_bias") and "true",
+            "quantization_config": d.get("quantization_config") and "present",
             "partial_rotary_factor": d.get("partial_rotary_factor", 1.0) != 1.0 and "!= 1",
             # Sliding-window attention needs a banded mask: refuse rather than ignore it.
-            "use_sliding_window": bool(d.get("use_sliding_window"))
-            and f"true (sliding_window {sw})",
+            "use_sliding_window": d.get("use_sliding_window") and f"true (sliding_window {sw})",
             "sliding_window": mt == "mistral" and sw is not None and f"{sw} (must be null)",
             "layer_types": any(t != "full_attention" for t in d.get("layer_types") or [])
             and "sliding-window layers"}
         for key, why in unsupported.items():
             if why:
-                raise ValueError(f"config.json: unsupported {key}: {why}")
+                raise ValueError(f"unsupported {key}: {why}")
         # Two dialects: top-level rope_theta / rope_scaling, or rope_parameters (newer HF).
-        rp = d.get("rope_parameters")
-        scaling = dict(rp) if rp else dict(d["rope_scaling"]) if d.get("rope_scaling") else {}
+        scaling = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
         theta = scaling.get("rope_theta", d.get("rope_theta", 10000.0))
         rtype = scaling.get("rope_type", scaling.get("type", "default"))
         if rtype not in ("default", "llama3"):
-            raise ValueError(f"config.json: unsupported rope_scaling rope_type {rtype!r} "
+            raise ValueError(f"unsupported rope_scaling rope_type {rtype!r} "
                              "(only 'default' and 'llama3')")
         llama3_keys = ("factor", "low_freq_factor", "high_freq_factor",
                        "original_max_position_embeddings")
         if rtype == "llama3" and any(k not in scaling for k in llama3_keys):
-            raise ValueError(f"config.json: rope_scaling llama3 needs {llama3_keys}, got "
-                             f"{sorted(scaling)}")
+            raise ValueError(f"rope_scaling llama3 needs {llama3_keys}, got {sorted(scaling)}")
         scaling = {**{k: v for k, v in scaling.items() if k not in ("type", "rope_theta")},
                    "rope_type": rtype}
         kw = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        kw.update(rope_theta=float(theta), rope_scaling=scaling if rtype == "llama3" else None,
+        kw.update(model_type=mt, rope_theta=float(theta),   # None: refused by __post_init__
+                  rope_scaling=scaling if rtype == "llama3" else None,
                   torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32"))
         return cls(**kw)
 
@@ -205,9 +199,7 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self.r, self.alpha, self.scaling, self.lora_dropout = 0, 0.0, 0.0, nn.Identity()
-        self.register_parameter("lora_A", None)
-        self.register_parameter("lora_B", None)
+        self.set_lora(0, 0.0)                # no adapter: a plain linear
         self.register_buffer("mask", None, persistent=False)   # bool (m, n), True = keep
 
     def set_lora(self, r: int, alpha: float, dropout: float = 0.0, generator=None):
@@ -329,21 +321,14 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- model
-class Decoder(nn.Module):
-    """HF's `model.model`: embeddings, blocks, final norm."""
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
 class Transformer(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.config, self.path = config, None          # path: set by load_model
-        self.model = Decoder(config)
+        self.model = nn.ModuleDict(dict(                # HF's `model.model`
+            embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
+            layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
+            norm=RMSNorm(config.hidden_size, config.rms_norm_eps)))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         for m in self.modules():             # HF init (initializer_range 0.02); free on meta
             if isinstance(m, (nn.Linear, LoRALinear, nn.Embedding)):
@@ -385,15 +370,15 @@ class Transformer(nn.Module):
         eos = self.config.eos_token_id if eos_id is None else eos_id
         eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []),
                            dtype=torch.long, device=ids.device)
-        cache, out, step = KVCache(len(self.model.layers)), ids, ids
+        cache, out = KVCache(len(self.model.layers)), ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         was_training = self.training
         self.eval()
-        for _ in range(max_new_tokens):
-            nxt = _pick(self(step, cache)[:, -1].float(), temperature, top_k, top_p, generator)
-            nxt = torch.where(done, out[:, -1], nxt)
+        for _ in range(max_new_tokens):      # feed the positions the cache does not hold yet
+            logits = self(out[:, cache.seq_len:], cache)[:, -1].float()
+            nxt = torch.where(done, out[:, -1], _pick(logits, temperature, top_k, top_p, generator))
             done |= torch.isin(nxt, eos)
-            out, step = torch.cat([out, nxt[:, None]], dim=1), nxt[:, None]
+            out = torch.cat([out, nxt[:, None]], dim=1)
             if done.all():
                 break
         self.train(was_training)
@@ -418,12 +403,9 @@ def _pick(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(probs.to(dev), 1, generator=generator)[:, 0].to(logits.device)
 
 
-# ---------------------------------------------------------------------------- LoRA helpers
 def lora_modules(model) -> list:
-    """[(name, LoRALinear)] in block order q, k, v, o, gate, up, down."""
-    return [(f"model.layers.{i}.{part}.{nm}", getattr(getattr(block, part), nm))
-            for i, block in enumerate(model.model.layers) for nm in SEVEN_MAPS
-            for part in ["self_attn" if nm in SEVEN_MAPS[:4] else "mlp"]]
+    """[(name, LoRALinear)], per block in registration order q, k, v, o, gate, up, down."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
 def add_lora(model, r: int, alpha: float, dropout: float = 0.0, targets=SEVEN_MAPS,
@@ -443,48 +425,6 @@ def merge_lora(model, masks: dict | None = None):
     """Merge every adapter (SPEC (E0)); masks {name: bool (m, n)} makes it a masked merge."""
     for name, m in lora_modules(model):
         m.merge((masks or {}).get(name))
-    return model
-
-
-def save_adapters(model, path):
-    """PEFT layout: adapter_config.json + adapter_model.safetensors (float32 A and B)."""
-    mods = [(n, m) for n, m in lora_modules(model) if m.r > 0]
-    if len({(m.r, m.alpha) for _, m in mods}) != 1:
-        raise ValueError("save_adapters: needs adapters (add_lora) sharing one r and alpha")
-    m0, path = mods[0][1], Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": m0.r, "lora_alpha": m0.alpha,
-           "lora_dropout": getattr(m0.lora_dropout, "p", 0.0), "bias": "none",
-           "fan_in_fan_out": False, "inference_mode": True,
-           "base_model_name_or_path": str(model.path or ""),
-           "target_modules": sorted({n.rsplit(".", 1)[1] for n, _ in mods})}
-    (path / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
-    tensors = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}").detach()
-               .float().cpu().contiguous() for n, m in mods for ab in "AB"}
-    _atomic_save(tensors, path / "adapter_model.safetensors")
-
-
-def load_adapters(model, path):
-    """Attach adapters from a PEFT directory (strict: every key and shape must match)."""
-    path = Path(path)
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{path}: no adapter_model.safetensors (only safetensors "
-                                "adapters are read; pickle files such as adapter_model.bin are not)")
-    cfg = json.loads((path / "adapter_config.json").read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{path}/adapter_config.json: peft_type {cfg['peft_type']!r} != 'LORA'")
-    targets = cfg["target_modules"]
-    add_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0),
-             [targets] if isinstance(targets, str) else targets)
-    expected = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}")
-                for n, m in lora_modules(model) if m.r > 0 for ab in "AB"}
-    with _open_safetensors(weights) as f, torch.no_grad():
-        _check_keys(set(f.keys()), expected, weights)
-        for k, p in expected.items():
-            t = f.get_tensor(k)
-            _check_shape(k, p.shape, t.shape)
-            p.copy_(t)
     return model
 
 
@@ -548,8 +488,7 @@ def load_config(path) -> Config:
             raise ValueError("expected a JSON object")
         return Config.from_hf(d)
     except ValueError as e:          # json.JSONDecodeError is a ValueError too
-        msg = str(e).removeprefix("config.json: ").removeprefix("config: ")
-        raise ValueError(f"{fn}: {msg}") from None
+        raise ValueError(f"{fn}: {e}") from None
 
 
 def check_tokenizer(tok, cfg: Config, where=""):
@@ -564,23 +503,21 @@ def check_tokenizer(tok, cfg: Config, where=""):
 
 
 def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
-    """HF checkpoint directory -> Transformer (eval mode) on `device`, floating tensors cast
-    to `dtype` (a torch dtype or its name; None: config torch_dtype), as HF casts to its
-    torch_dtype; a non-floating tensor (every weight here is floating) raises. Built on the
-    meta device, so no memory or time goes into a throwaway random init."""
+    """HF checkpoint directory -> Transformer (eval mode) on `device`, tensors cast to `dtype`
+    (a torch dtype or its name; None: config torch_dtype), as HF casts to its torch_dtype.
+    Built on the meta device, so no memory or time goes into a throwaway random init."""
     path = Path(path)
     cfg = load_config(path)
     dtype = DTYPES.get(cfg.torch_dtype, torch.float32) if dtype is None else dtype
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     with torch.device("meta"):
         model = Transformer(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if cfg.tie_word_embeddings:
-        del expected["lm_head.weight"]       # HF convention: stored once, as embed_tokens
-    files = _weight_files(path)
-    # Old checkpoints carry rotary_emb.inv_freq buffers; some store a tied head anyway.
-    files = {k: fn for k, fn in files.items() if not k.endswith("rotary_emb.inv_freq")
-             and not (k == "lm_head.weight" and cfg.tie_word_embeddings)}
+    # HF stores a tied head once, as embed_tokens (some checkpoints store it anyway), and old
+    # checkpoints carry rotary_emb.inv_freq buffers: neither is read.
+    skip = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in skip}
+    files = {k: fn for k, fn in _weight_files(path).items()
+             if k not in skip and not k.endswith("rotary_emb.inv_freq")}
     _check_keys(set(files), expected, path)
     state = {}
     for fn in sorted(set(files.values())):
@@ -611,17 +548,58 @@ def save_model(model: Transformer, path):
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if ".lora_" not in k
              and not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    _atomic_save(state, path / "model.safetensors")     # a kill keeps the previous file
+    _atomic_save(state, path / "model.safetensors")
     (path / "model.safetensors.index.json").unlink(missing_ok=True)   # would shadow it
     dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
     tmp = path / "config.json.tmp"
     tmp.write_text(json.dumps({**model.config.to_hf(), "torch_dtype": dtype}, indent=2))
     os.replace(tmp, path / "config.json")
-    src = Path(model.path) if model.path is not None else None
-    if src is not None and src.resolve() != path.resolve():
+    if model.path is not None and Path(model.path).resolve() != path.resolve():
         for fn in TOKENIZER_FILES:
-            if (src / fn).exists():
-                shutil.copyfile(src / fn, path / fn)
+            if (Path(model.path) / fn).exists():
+                shutil.copyfile(Path(model.path) / fn, path / fn)
+
+
+def save_adapters(model, path):
+    """PEFT layout: adapter_config.json + adapter_model.safetensors (float32 A and B)."""
+    mods = [(n, m) for n, m in lora_modules(model) if m.r > 0]
+    if len({(m.r, m.alpha) for _, m in mods}) != 1:
+        raise ValueError("save_adapters: needs adapters (add_lora) sharing one r and alpha")
+    m0, path = mods[0][1], Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": m0.r, "lora_alpha": m0.alpha,
+           "lora_dropout": getattr(m0.lora_dropout, "p", 0.0), "bias": "none",
+           "fan_in_fan_out": False, "inference_mode": True,
+           "base_model_name_or_path": str(model.path or ""),
+           "target_modules": sorted({n.rsplit(".", 1)[1] for n, _ in mods})}
+    (path / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    tensors = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}").detach()
+               .float().cpu().contiguous() for n, m in mods for ab in "AB"}
+    _atomic_save(tensors, path / "adapter_model.safetensors")
+
+
+def load_adapters(model, path):
+    """Attach adapters from a PEFT directory (strict: every key and shape must match)."""
+    path = Path(path)
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path}: no adapter_model.safetensors (only safetensors "
+                                "adapters are read; pickle files such as adapter_model.bin are not)")
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{path}/adapter_config.json: peft_type {cfg['peft_type']!r} != 'LORA'")
+    targets = cfg["target_modules"]
+    add_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0),
+             [targets] if isinstance(targets, str) else targets)
+    expected = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}")
+                for n, m in lora_modules(model) if m.r > 0 for ab in "AB"}
+    with _open_safetensors(weights) as f, torch.no_grad():
+        _check_keys(set(f.keys()), expected, weights)
+        for k, p in expected.items():
+            t = f.get_tensor(k)
+            _check_shape(k, p.shape, t.shape)
+            p.copy_(t)
+    return model
 
 
 # ------------------------------------------------------------------------------ tokenizer
@@ -673,9 +651,4 @@ def pick_device() -> torch.device:
     """cuda > mps > cpu."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-
-
-# --- GGUF conversion ---
-# convert_gguf(gguf_path, out_dir) lives in convert.py (GGUF -> the HF directory read above).
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
