@@ -19,6 +19,7 @@ and `checkpoint.safetensors`, rewritten atomically at each epoch end; `--resume`
 from it and ends with exactly the weights an uninterrupted run gives.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -292,14 +293,13 @@ def _log(*a):
 def run(cfg) -> dict:
     """Fine-tune, prune per the method's schedule, save, evaluate. Returns the results dict
     plus "model" and "tokenizer" (the final sparse model, in memory)."""
-    cfg = make_config(dataclasses.asdict(cfg) if isinstance(cfg, TrainConfig) else
-                      {**{k: v for k, v in dataclasses.asdict(TrainConfig()).items()}, **PRESETS["default"], **cfg})
+    cfg = make_config(cfg if isinstance(cfg, TrainConfig) else
+                      {**dataclasses.asdict(TrainConfig()), **PRESETS["default"], **cfg})
     t_run = time.time()
     times = {}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = torch.device(cfg.device) if cfg.device else M.pick_device()
-    need = cfg.batch_size % (cfg.grad_accum * world) == 0
-    if not need:
+    if cfg.batch_size % (cfg.grad_accum * world):
         raise ValueError(f"config: batch_size {cfg.batch_size} must be divisible by grad_accum x ranks "
                          f"= {cfg.grad_accum * world}")
     out = Path(cfg.out)
@@ -409,7 +409,7 @@ def run(cfg) -> dict:
                 x, y = ids[sl].to(device), labels[sl].to(device)
                 with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
                     loss = completion_loss(ddp(x), y, n_tok) * world
-                ctx = ddp.no_sync() if world > 1 and a < cfg.grad_accum - 1 else _null()
+                ctx = ddp.no_sync() if world > 1 and a < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with ctx:
                     loss.backward()
                 loss_sum += loss.item() / world
@@ -482,14 +482,6 @@ def _evaluate(model, tok, tests, dom, cfg):
     import eval as E
     return E.evaluate(model, tok, tests, dom["ppl_text"] if dom else None, seqlen=cfg.eval_seqlen,
                       ppl_max_windows=cfg.eval_ppl_windows or None, log=_log)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _versions():
