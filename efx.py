@@ -133,7 +133,7 @@ def select_mask(scores, sparsity, nm=None, per="row"):
 
     E8 per="row": floor(rho n) per row; E9 per="layer": floor(rho m n) in the matrix;
     E10 nm=(N, M): the N lowest of every M consecutive columns (sparsity is then ignored).
-    Stable sorts: among equal scores the lower column (flat) index is pruned first.
+    Ties: among equal scores the lower column (flat) index is pruned first.
     All three prune the k lowest of every row of a view: (m, n), (1, m n) or (m n / M, M).
     """
     m, n = scores.shape
@@ -147,8 +147,14 @@ def select_mask(scores, sparsity, nm=None, per="row"):
     else:                 # int() as Wanda does: floor for positive values
         rows = scores if per == "row" else scores.reshape(1, -1)
         k = int(rows.shape[1] * sparsity)
-    low = torch.sort(rows, dim=1, stable=True).indices[:, :k]
-    return torch.ones_like(rows, dtype=torch.bool).scatter_(1, low, False).view(m, n)
+    if k == 0:
+        return torch.ones(m, n, dtype=torch.bool, device=scores.device)
+    # Same result as a stable sort, about 2x faster on CPU: prune everything below the k-th
+    # value, then as many of the ties at it as are still needed, lowest column first.
+    thr = rows.kthvalue(k, dim=1, keepdim=True).values
+    below, tie = rows < thr, rows == thr
+    pruned = below | (tie & (tie.cumsum(1) <= k - below.sum(1, keepdim=True)))
+    return (~pruned).view(m, n)
 
 
 # ---------------------------------------------------------------- solves with retry

@@ -167,6 +167,21 @@ def test_e8_exact_zeros_per_row_and_ties():
     assert efx.select_mask(S, 0.5).tolist() == [[True, False, True, False]]
 
 
+def test_e8_e9_e10_equal_a_stable_sort_with_many_ties():
+    """SPEC (E8)-(E10) say: stable sort, the k lowest pruned. select_mask uses a k-th value
+    threshold instead; on scores with many ties it must prune exactly the same entries."""
+    S = torch.randint(0, 4, (16, 24), generator=torch.Generator().manual_seed(5)).float()
+
+    def by_sort(rows, k):
+        low = torch.sort(rows, dim=1, stable=True).indices[:, :k]
+        return torch.ones_like(rows, dtype=torch.bool).scatter_(1, low, False)
+    for rho in (0.1, 0.5, 0.9):
+        assert torch.equal(efx.select_mask(S, rho), by_sort(S, int(rho * 24)))
+        assert torch.equal(efx.select_mask(S, rho, per="layer"),
+                           by_sort(S.reshape(1, -1), int(rho * 16 * 24)).view(16, 24))
+    assert torch.equal(efx.select_mask(S, 0.0, nm=(2, 4)), by_sort(S.reshape(-1, 4), 2).view(16, 24))
+
+
 def test_e9_exact_zeros_per_layer():
     S = torch.randn(9, 20, generator=torch.Generator().manual_seed(1))
     keep = efx.select_mask(S, 0.37, per="layer")
