@@ -51,7 +51,7 @@ class Timers:
     NAMES = {"_run_block": "block forwards (calibration + re-run)",
              "calibrate_block": "  of which calibration pass + stats",
              "foresight_score": "ForeSight scores (E5/E6)", "pbs_update": "PBS (E12-E14)",
-             "select_mask": "mask selection (E8, stable sort)"}
+             "select_mask": "mask selection (E8-E10)"}
 
     def __init__(self):
         self.t = dict.fromkeys(self.NAMES, 0.0)
