@@ -248,8 +248,8 @@ class LoRALinear(nn.Module):
         """W <- W + s B A, or W <- M * (W + s B A) (SPEC (E0)); then B = 0. Idempotent.
         `mask` defaults to `.mask` (adapter_mode "masked")."""
         mask = self.mask if mask is None else mask.to(self.weight.device)
-        w = self.augmented_weight()
-        self.weight.copy_((w if mask is None else w * mask).to(self.weight.dtype))
+        w = self.augmented_weight()                 # a new tensor when r > 0
+        self.weight.copy_((w if mask is None else w.mul_(mask)).to(self.weight.dtype))
         if self.r:
             self.lora_B.zero_()
 

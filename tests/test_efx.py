@@ -400,13 +400,48 @@ def test_e1_hook_statistics_equal_inputs_computed_directly(make_model):
         assert not mod._forward_hooks
 
 
+def adapter_state(model):
+    return {n: (m.weight, m.weight.clone(), m.lora_A.clone(), m.lora_B.clone(), m.r)
+            for n, m in M.lora_modules(model)}
+
+
+def assert_restored(model, before):
+    """The very same weight tensors, bit-identical, adapters and ranks as before."""
+    for n, m in M.lora_modules(model):
+        w, w0, a0, b0, r0 = before[n]
+        assert m.weight is w and torch.equal(m.weight, w0) and m.r == r0, n
+        assert torch.equal(m.lora_A, a0) and torch.equal(m.lora_B, b0), n
+
+
 def test_calibration_hooks_removed_after_error(make_model):
-    model = make_model()
+    model = lora_model(make_model)
+    before = adapter_state(model)
     cos, sin = model.rope(16, "cpu")
     bad = torch.zeros(2, 16, 63)                                # wrong hidden size
     with pytest.raises(RuntimeError):
         efx.calibrate_block(model.model.layers[0], bad, cos, sin)
     assert all(not mod._forward_hooks for _, mod in M.lora_modules(model))
+    assert_restored(model, before)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_s3_block_runs_on_its_forward_weight_then_restores(make_model, masked):
+    """SPEC section 3: calibration runs each map as one plain matrix M * (W + s B A); the
+    block's outputs equal its ordinary (factored LoRA) forward, and W, A, B, r come back."""
+    model = lora_model(make_model).eval()
+    block = model.model.layers[0]
+    if masked:
+        for n, mod in efx._maps(block).items():
+            mod.set_mask(torch.rand(mod.weight.shape, generator=torch.Generator().manual_seed(1)) > 0.5)
+    before = adapter_state(model)
+    x = torch.randn(3, 16, model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    cos, sin = model.rope(16, "cpu")
+    with torch.no_grad():
+        want = block(x, cos, sin)
+    ys = x.clone()
+    efx._run_block(block, ys, cos, sin, batch_size=2, write=True)
+    close(ys, want, F32, "plain-matrix block run vs factored forward")
+    assert_restored(model, before)
 
 
 def test_layer_sequential_pruned_block_feeds_next(make_model):
