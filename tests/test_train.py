@@ -124,6 +124,28 @@ def test_s8_prune_calls_in_run(base, monkeypatch, over, tags, calls):
     assert len(res["losses"]) == log["steps"]
 
 
+@pytest.mark.parametrize("over, held", [
+    (dict(epochs=3), [0, 14, 0]),                  # step2 keeps its scores for step4's average
+    (dict(epochs=2), [0, 0]),                      # nothing averages with step2's scores
+    (dict(epochs=2, prune_every_steps=1), [0, 14, 14, 0]),
+])
+def test_e7_score_store_held_only_for_a_later_average(base, monkeypatch, over, held):
+    """SPEC (E7): the score averages (one per pruned weight, float32 on CPU) are kept after a
+    call only when a later intermediate call averages with them; the final call never does.
+    held: stored scores (2 layers x 7 maps) each efx.prune call finds when it starts, and the
+    checkpoint after the last epoch holds none."""
+    seen, real = [], efx.prune
+
+    def prune(model, calib_ids, method, sparsity, **kw):
+        seen.append(len(kw["score_state"]))
+        return real(model, calib_ids, method, sparsity, **kw)
+    monkeypatch.setattr(efx, "prune", prune)
+    train.run(base(**over))
+    assert seen == held
+    ckpt = load_file(Path(base()["out"]) / "checkpoint.safetensors")
+    assert not [k for k in ckpt if k.startswith("score.")]
+
+
 # ----------------------------------------------------------------------------- final sparsity
 
 @pytest.mark.parametrize("over, zeros_per_row", [
