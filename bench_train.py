@@ -1,7 +1,7 @@
 """Benchmark: EfficientXpert's overhead over dense LoRA on the same data and steps (issue 4).
 
-    python bench_train.py                                     # the default, at a small size
-    python bench_train.py --max_train 192 --epochs 2 --nsamples 16 --seqlen 256   # the main job's size
+    python bench_train.py                           # the main job's sizes (train.PRESETS["default"])
+    python bench_train.py --max_train 32 --nsamples 4  # a quick look
 
 Runs `train.run` twice in one process, one after the other: `dense` (LoRA only, merged at the
 end) and `efx` (ForeSight at 50 %, PBS in the intermediate calls, SPEC section 8), both on the
@@ -17,6 +17,7 @@ the second run's RSS does not start with the first one's garbage. Not a test: no
 """
 import argparse
 import ctypes
+import dataclasses
 import gc
 import json
 import time
@@ -103,20 +104,21 @@ def one_run(cfg):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--max_train", type=int, default=32, help="training examples (same for both runs)")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--nsamples", type=int, default=8, help="calibration windows per pruning call")
-    ap.add_argument("--seqlen", type=int, default=128, help="tokens per calibration window")
-    ap.add_argument("--max_len", type=int, default=128, help="tokens per training example")
-    ap.add_argument("--batch_size", type=int, default=4)
+    d = {**dataclasses.asdict(train.TrainConfig()), **train.PRESETS["default"]}    # the main job
+    ap.add_argument("--max_train", type=int, default=d["max_train"], help="training examples (same for both runs)")
+    ap.add_argument("--epochs", type=int, default=d["epochs"])
+    ap.add_argument("--nsamples", type=int, default=d["nsamples"], help="calibration windows per pruning call")
+    ap.add_argument("--seqlen", type=int, default=d["seqlen"], help="tokens per calibration window")
+    ap.add_argument("--max_len", type=int, default=d["max_len"], help="tokens per training example")
+    ap.add_argument("--batch_size", type=int, default=d["batch_size"])
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--domain", default="med")
     ap.add_argument("--model", default="", help='"" = data.default_model_dir()')
     ap.add_argument("--device", default="")
     ap.add_argument("--order", default="dense,efx", help="run order, e.g. efx,dense")
-    # 1 by default: on the shared 2-core machine, 2 OpenMP threads against other processes made
-    # a SmolLM2 fwd+bwd of 4 x 64 tokens take 56 s instead of 2.8 s (spin-waiting).
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
+    # 0 = torch's default, as the main job runs. On a machine shared with other jobs use 1:
+    # there, 2 OpenMP threads made a SmolLM2 fwd+bwd of 4 x 64 tokens take 56 s, not 2.8 s.
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--out", default="runs/bench_train")
     ap.add_argument("--json", default="", help="write the measured rows here")
     a = ap.parse_args(argv)
