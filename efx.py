@@ -44,8 +44,10 @@ def wanda_score(W, h):
     return W.abs() * h.sqrt().unsqueeze(0)
 
 
-def _heads(Ws, n_heads, n_kv_heads):
+def _heads(name, Ws, n_heads, n_kv_heads):
     """(d_h, g) from q_proj's rows; q has n_heads * d_h rows (Qwen3: d_h need not be hidden/heads)."""
+    if name not in SEVEN_MAPS:
+        raise ValueError(f"foresight: unknown map {name!r}; expected one of {SEVEN_MAPS}")
     rows = Ws["q_proj"].shape[0]
     if rows % n_heads or n_heads % n_kv_heads:
         raise ValueError(f"q_proj has {rows} rows: expected a multiple of n_heads={n_heads}, "
@@ -54,13 +56,10 @@ def _heads(Ws, n_heads, n_kv_heads):
 
 
 def consumer_energy(name, Ws, n_heads, n_kv_heads):
-    """SPEC (E5) table: c_a (m,) for every output unit a of map `name`.
-
-    Ws: dict short map name -> augmented weight (W + s B A) of the block. Query head h reads
-    kv head floor(h/g), so kv head gamma serves query heads gamma*g .. gamma*g+g-1: viewing
-    per-unit values of q (or o's columns) as (n_kv, g, d_h) groups them by kv head.
-    """
-    d_h, g = _heads(Ws, n_heads, n_kv_heads)
+    """SPEC (E5) table: c_a (m,) for every output unit a of map `name`; Ws: {map: W + s B A}.
+    Query head h reads kv head floor(h/g), so kv head gamma serves query heads gamma*g ..
+    gamma*g+g-1: viewing per-unit values of q (or o's columns) as (n_kv, g, d_h) groups them by kv head."""
+    d_h, g = _heads(name, Ws, n_heads, n_kv_heads)
     if name == "q_proj":   # ||K_{gamma(h) d_h + c, :}||^2, repeated over the g heads of gamma
         return Ws["k_proj"].square().sum(1).view(n_kv_heads, d_h).repeat(1, g).reshape(-1)
     if name == "k_proj":   # sum over the g query heads of ||Q_{h d_h + c, :}||^2
@@ -71,14 +70,12 @@ def consumer_energy(name, Ws, n_heads, n_kv_heads):
         return Ws["gate_proj"].square().sum(0) + Ws["up_proj"].square().sum(0)
     if name in ("gate_proj", "up_proj"):
         return Ws["down_proj"].square().sum(0)
-    if name == "down_proj":  # consumer is the residual stream
-        return Ws["down_proj"].new_ones(Ws["down_proj"].shape[0])
-    raise ValueError(f"foresight: unknown map {name!r}; expected one of {SEVEN_MAPS}")
+    return Ws["down_proj"].new_ones(Ws["down_proj"].shape[0])   # down_proj: residual stream
 
 
 def partner_factor(name, Ws, n_heads, n_kv_heads):
     """SPEC (E6) table: phi, broadcastable to (m, n). Ws hold W + B A (no scale, as the code)."""
-    d_h, g = _heads(Ws, n_heads, n_kv_heads)
+    d_h, g = _heads(name, Ws, n_heads, n_kv_heads)
     if name == "q_proj":   # row (h, c): ||K_gamma(h)[:, b]|| over the d_h rows of kv head gamma(h)
         k = Ws["k_proj"].square().view(n_kv_heads, d_h, -1).sum(1).sqrt()      # (n_kv, n)
         return k.repeat_interleave(g * d_h, dim=0)
@@ -91,17 +88,12 @@ def partner_factor(name, Ws, n_heads, n_kv_heads):
         return ((Ws["gate_proj"].norm(dim=0) + Ws["up_proj"].norm(dim=0)) / 2).unsqueeze(1)
     if name in ("gate_proj", "up_proj"):  # row b of down_proj, indexed by the INPUT b (as the code)
         return Ws["down_proj"].norm(dim=1).unsqueeze(0)
-    if name == "down_proj":
-        return Ws["down_proj"].new_ones(1, 1)
-    raise ValueError(f"foresight: unknown map {name!r}; expected one of {SEVEN_MAPS}")
+    return Ws["down_proj"].new_ones(1, 1)                       # down_proj
 
 
 def foresight_score(name, Ws, h, n_heads, n_kv_heads, variant="paper"):
-    """ForeSight score of map `name` of one block.
-
-    variant "paper" (E5): S = W~^2 * h_b * c_a, Ws = {map: W + s B A}.
-    variant "code"  (E6): S = |W0| * xi_b * phi_ab, Ws = {map: W + B A} (reference code).
-    """
+    """ForeSight score of map `name` of one block: variant "paper" (E5) with
+    Ws = {map: W + s B A}, variant "code" (E6) with Ws = {map: W + B A} (reference code)."""
     W = Ws[name]
     if variant == "paper":
         return W.square() * h.unsqueeze(0) * consumer_energy(name, Ws, n_heads, n_kv_heads).unsqueeze(1)
@@ -130,12 +122,10 @@ def _check_nm(nm, n, what="weight"):
 
 def select_mask(scores, sparsity, nm=None, per="row"):
     """Bool keep-mask (True = keep) from scores (m, n); the lowest scores are pruned.
-
     E8 per="row": floor(rho n) per row; E9 per="layer": floor(rho m n) in the matrix;
     E10 nm=(N, M): the N lowest of every M consecutive columns (sparsity is then ignored).
     Ties: among equal scores the lower column (flat) index is pruned first.
-    All three prune the k lowest of every row of a view: (m, n), (1, m n) or (m n / M, M).
-    """
+    All three prune the k lowest of every row of a view: (m, n), (1, m n) or (m n / M, M)."""
     m, n = scores.shape
     if nm is not None:
         _check_nm(nm, n, "scores")
@@ -184,11 +174,9 @@ def _chol(K, damp, info, what):
 # ---------------------------------------------------------------- SparseGPT (E11)
 def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, info=None):
     """SPEC (E11): SparseGPT (Frantar & Alistarh 2023) on W (m, n) with H = X^T X (n, n).
-
-    Returns (W_new, keep_mask). Computes in float64 when W or H is float64, else float32.
-    `info` (optional dict) receives "loss" (per-row OBS loss: 1/2 sum_c err_c^2, i.e.
-    1/2 dW (H + delta I) dW^T, the original's `Losses`), "damp" and any damping increase.
-    """
+    Returns (W_new, keep_mask). `info` (optional dict) receives "loss" (per-row OBS loss:
+    1/2 sum_c err_c^2, i.e. 1/2 dW (H + delta I) dW^T, the original's `Losses`), "damp" and
+    any damping increase."""
     dt = torch.float64 if torch.float64 in (W.dtype, H.dtype) else torch.float32
     W = W.detach().to(dt).clone()
     H = H.detach().to(dt).clone()
@@ -216,9 +204,8 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, info=
         P1 = torch.zeros_like(W1, dtype=torch.bool)    # N:M: chosen group by group below
         if nm is None and sparsity > 0:
             sal = W1.square() / d1.square()            # OBS saliency w^2 / [H^-1]_cc
-            # The original's threshold: the value at 0-based position floor(rho m bs) of the
-            # sorted saliencies, pruning every entry <= it (one more than floor(rho m bs)
-            # without ties). Kept so that results agree with the original.
+            # The original's threshold (E11): prune every entry <= the value at 0-based position
+            # floor(rho m bs), one more than floor(rho m bs) without ties; kept to agree with it.
             thresh = torch.kthvalue(sal.reshape(-1), int(sal.numel() * sparsity) + 1).values
             P1 = sal <= thresh
         scale = P1 / d1                                # err = (w - q) / R_cc with q = 0 if pruned
@@ -243,13 +230,10 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, info=
 def pbs_update(W, A, B, mask, d, scale, kappa=1.0, lam=None, variant="paper", pbs_damp=1e-6,
                per_row=False, info=None):
     """SPEC (E12-E14): Partial Brain Surgeon; returns delta_B (m, r), B itself is untouched.
-
-    Moves U = W + s B A towards 0 on the pruned coordinates (mask False) by changing B only,
-    with column weights d (n,), keep weight kappa and ridge lam. per_row=True forces the
-    per-row E13 solve even at kappa = 1 (tests and the benchmark compare it with E14).
-    variant "paper": U includes s, delta_B = delta^T / s, lam None -> pbs_damp * mean diag(A D A^T).
-    variant "code":  U = W + B A and delta_B = delta^T (reference code), lam None -> 1e-8.
-    """
+    Moves U = W + s B A towards 0 on the pruned coordinates (mask False) by changing B only.
+    Column weights d (n,), keep weight kappa, ridge lam (None: SPEC section 7's rule for
+    `variant`; "code" drops s, as the reference code). per_row=True forces the per-row E13
+    solve even at kappa = 1 (tests and the benchmark compare it with E14)."""
     if variant not in ("paper", "code"):
         raise ValueError(f"pbs_variant must be 'paper' or 'code', got {variant!r}")
     dt = torch.float64 if torch.float64 in (W.dtype, A.dtype, B.dtype) else torch.float32
@@ -290,17 +274,14 @@ def _effective(mod, lora_scale=True, masked=True):
 
 
 def _run_block(block, xs, cos, sin, batch_size, write):
-    """Run `block` over the hidden states xs (nsamples, T, hidden), batch by batch (moved to
-    the block's device when xs is offloaded); write=True overwrites xs with the outputs,
-    which is safe because window j's output depends on window j's input only.
-    Each map runs as a plain linear with its forward weight M * (W + s B A), one matmul
-    instead of three (the same map up to float rounding; 10-20 % faster on CPU); W and the
-    adapter are put back exactly afterwards."""
+    """Run `block` over the hidden states xs (nsamples, T, hidden) batch by batch on its device;
+    write=True overwrites xs with the outputs (safe: window j's output depends on window j's
+    input only). Each map runs as one plain linear with its forward weight M * (W + s B A), not
+    three matmuls (equal up to float rounding, 10-20 % faster on CPU); W and A, B are restored."""
     dev = block.input_layernorm.weight.device
-    mods = [m for m in _maps(block).values() if m.r > 0]
-    saved = [(m, m.weight.data, m.r) for m in mods]
+    saved = [(m, m.weight.data, m.r) for m in _maps(block).values() if m.r > 0]
     try:
-        for m in mods:        # r = 0 makes LoRALinear.forward a plain F.linear
+        for m, _, _ in saved:        # r = 0 makes LoRALinear.forward a plain F.linear
             m.weight.data, m.r = _effective(m).to(m.weight.dtype), 0
         for b in range(0, xs.shape[0], batch_size):
             y = block(xs[b:b + batch_size].to(dev), cos, sin)
@@ -321,37 +302,33 @@ def calibrate_block(block, xs, cos, sin, need_H=False, batch_size=8):
     """Forward hooks on the maps accumulate, over every calibration token, SPEC (E1)
     h = sum_t X_t^2 (n,) and, for SparseGPT, H = X^T X (n, n); float32 on the block's device.
     Returns {map: {"h": .., "H": ..}} for the seven maps (shared per _SAME_INPUT)."""
-    stats, handles = {}, []
+    maps, stats, handles = _maps(block), {}, []     # stats: {hooked module: {"h": .., "H": ..}}
 
-    def hook(st):
-        def fn(mod, inputs, output):
-            X = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()    # (tokens, n)
-            st["h"] += X.square().sum(0)
-            if need_H:
-                st["H"].addmm_(X.T, X)
-        return fn
+    def hook(mod, inputs, output):
+        X = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()    # (tokens, n)
+        stats[mod]["h"] += X.square().sum(0)
+        if need_H:
+            stats[mod]["H"].addmm_(X.T, X)
 
     try:
-        for name, mod in _maps(block).items():
+        for name, mod in maps.items():
             if name not in _SAME_INPUT:
                 n, dev = mod.in_features, mod.weight.device
-                st = stats[name] = {"h": torch.zeros(n, device=dev)}
+                st = stats[mod] = {"h": torch.zeros(n, device=dev)}
                 if need_H:
                     st["H"] = torch.zeros(n, n, device=dev)
-                handles.append(mod.register_forward_hook(hook(st)))
+                handles.append(mod.register_forward_hook(hook))
         _run_block(block, xs, cos, sin, batch_size, write=False)
     finally:                                   # never leave hooks behind, even on errors
         for hd in handles:
             hd.remove()
-    return {name: stats[_SAME_INPUT.get(name, name)] for name in SEVEN_MAPS}
+    return {name: stats[maps[_SAME_INPUT.get(name, name)]] for name in SEVEN_MAPS}
 
 
 def calib_memory_estimate(cfg, nsamples, seqlen, elem_bytes, method, batch_size):
-    """Bytes a prune call adds: the hidden states nsamples x seqlen x hidden (exact), one block's
-    statistics (h, or H for SparseGPT; q/k/v and gate/up share theirs), the live temporaries
-    of one batch through a block (~8 hidden-, 8 attention- and 4 intermediate-sized float32
-    vectors per token) and the per-map work (scores, masks, W~ copies; SparseGPT's inverses).
-    Nothing depends on the model's maximum context."""
+    """Bytes a prune call adds: the hidden states (exact), one block's statistics (h, or H for
+    SparseGPT), the live float32 temporaries of one batch through a block and the per-map work
+    (scores, masks, W~ copies; SparseGPT's inverses). Nothing depends on the maximum context."""
     hid, inter, attn = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim
     kv = cfg.num_key_value_heads * cfg.head_dim
     ins = (hid, attn, hid, inter)                   # distinct inputs: q/k/v, o, gate/up, down
@@ -415,18 +392,15 @@ def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_vari
           pbs=False, pbs_variant="paper", score_state=None, average=False, mask_lr=0.5,
           adapter_mode="merge", offload=False, batch_size=8, blocksize=128, percdamp=0.01,
           pbs_kappa=1.0, pbs_damp=1e-6, seed=0, log=print):
-    """One pruning call over the whole model (SPEC section 8 PRUNE_CALL); returns a report.
-
-    Layer-sequential (section 3): calibrate block l with hooks, prune its seven maps in order
-    (each on its LoRA-augmented weight, before the next is scored), re-run it to feed block
-    l+1. score_state: dict name -> S_bar (CPU), updated in place; E7 averaging when it holds
-    a previous score and average=True. nm: (N, M) or "N:M" (sparsity is then N/M).
-    seed: generator of the re-initialised LoRA A (merge mode); vary it across calls.
-    Report: per-map and per-block exact zeros, overall sparsity, N:M validity, time per
-    block, peak memory, and every damping increase a singular solve needed.
-    """
+    """One pruning call over the whole model (SPEC section 8 PRUNE_CALL, layer-sequential as in
+    section 3). Returns a report: per-map and per-block exact zeros, overall sparsity, N:M
+    validity, time per block, peak memory, and every damping increase a singular solve needed.
+    score_state: dict name -> S_bar (CPU), updated in place; E7 averaging when it holds a
+    previous score and average=True. nm: (N, M) or "N:M" (sparsity is then N/M).
+    seed: generator of the re-initialised LoRA A (merge mode); vary it across calls."""
     nm = _parse_nm(nm)
-    opt = SimpleNamespace(**{k: v for k, v in locals().items()      # the options, by name
+    lora_scale = not (method == "foresight" and foresight_variant == "code")   # E6: W + B A
+    opt = SimpleNamespace(**{k: v for k, v in locals().items()      # options and lora_scale
                              if k not in ("model", "calib_ids", "log")})
     _check_prune_args(model, calib_ids, opt)
     cfg, layers, emb = model.config, model.model.layers, model.model.embed_tokens
@@ -443,7 +417,6 @@ def prune(model, calib_ids, method, sparsity, nm=None, per="row", foresight_vari
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    lora_scale = not (method == "foresight" and foresight_variant == "code")   # E6: W + B A
     report = {"method": method, "sparsity_target": nm[0] / nm[1] if nm else sparsity, "nm": nm,
               "per": per, "adapter_mode": adapter_mode, "est_calib_bytes": est, "maps": {},
               "blocks": [], "damping_increased": []}
@@ -515,8 +488,7 @@ def _prune_map(mod, name, full, st, Ws, info, o, gen, cfg):
     st: its calibration statistics; Ws: the block's partner weights (ForeSight); o: options."""
     # The map's own candidate weight is unmasked (in masked mode W is already zero on the last
     # mask, so coordinates can regrow through s B A exactly as after a merge).
-    code_form = o.method == "foresight" and o.foresight_variant == "code"     # E6: W + B A
-    W = _effective(mod, lora_scale=not code_form, masked=False)
+    W = _effective(mod, o.lora_scale, masked=False)
     if o.method == "sparsegpt":   # SPEC (E11) on W + s B A; the OBS-updated weights go to W
         W_new, keep = sparsegpt_prune(W, st["H"], o.sparsity, o.nm, o.blocksize, o.percdamp, info)
         mod.set_mask(None)
@@ -577,11 +549,8 @@ def _parse(argv):
     ap.add_argument("--config", help="JSON file of PruneConfig fields; flags override it")
     defaults = {f.name: f.default for f in dataclasses.fields(PruneConfig)}
     for name, default in defaults.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            ap.add_argument(flag, action="store_true", default=None)
-        else:
-            ap.add_argument(flag, type=type(default), default=None)
+        kind = {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
+        ap.add_argument("--" + name.replace("_", "-"), default=None, **kind)
     args = vars(ap.parse_args(argv))
     path = args.pop("config")
     values = json.loads(Path(path).read_text()) if path else {}

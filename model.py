@@ -32,6 +32,8 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
                    "special_tokens_map.json")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                    "original_max_position_embeddings")
 
 
 # --------------------------------------------------------------------------------- config
@@ -97,17 +99,15 @@ class Config:
                 raise ValueError(f"unsupported {key}: {why}")
         # Two dialects: top-level rope_theta / rope_scaling, or rope_parameters (newer HF).
         scaling = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
-        theta = scaling.get("rope_theta", d.get("rope_theta", 10000.0))
-        rtype = scaling.get("rope_type", scaling.get("type", "default"))
+        theta = scaling.pop("rope_theta", d.get("rope_theta", 10000.0))
+        rtype = scaling.get("rope_type", scaling.pop("type", "default"))   # "type": old name
         if rtype not in ("default", "llama3"):
             raise ValueError(f"unsupported rope_scaling rope_type {rtype!r} "
                              "(only 'default' and 'llama3')")
-        llama3_keys = ("factor", "low_freq_factor", "high_freq_factor",
-                       "original_max_position_embeddings")
-        if rtype == "llama3" and any(k not in scaling for k in llama3_keys):
-            raise ValueError(f"rope_scaling llama3 needs {llama3_keys}, got {sorted(scaling)}")
-        scaling = {**{k: v for k, v in scaling.items() if k not in ("type", "rope_theta")},
-                   "rope_type": rtype}
+        if rtype == "llama3" and any(k not in scaling for k in LLAMA3_ROPE_KEYS):
+            raise ValueError(f"rope_scaling llama3 needs {LLAMA3_ROPE_KEYS}, "
+                             f"got {sorted(scaling)}")
+        scaling["rope_type"] = rtype
         kw = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
         kw.update(model_type=mt, rope_theta=float(theta),   # None: refused by __post_init__
                   rope_scaling=scaling if rtype == "llama3" else None,
@@ -147,9 +147,7 @@ def rope_inv_freq(cfg: Config) -> torch.Tensor:
         return inv
     # llama3: wavelengths above old_ctx/lo are divided by `factor`, those below old_ctx/hi
     # kept, and a linear blend in between (Llama 3.1 reference code).
-    s = cfg.rope_scaling
-    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
-    old_ctx = s["original_max_position_embeddings"]
+    factor, lo, hi, old_ctx = (cfg.rope_scaling[k] for k in LLAMA3_ROPE_KEYS)
     wavelen = 2 * math.pi / inv
     scaled = torch.where(wavelen > old_ctx / lo, inv / factor, inv)
     smooth = (old_ctx / wavelen - lo) / (hi - lo)
@@ -245,8 +243,7 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self, mask=None):
-        """W <- W + s B A, or W <- M * (W + s B A) (SPEC (E0)); then B = 0. Idempotent.
-        `mask` defaults to `.mask` (adapter_mode "masked")."""
+        """W <- W + s B A, or W <- M * (W + s B A) (SPEC (E0)); then B = 0. Idempotent."""
         mask = self.mask if mask is None else mask.to(self.weight.device)
         w = self.augmented_weight()                 # a new tensor when r > 0
         self.weight.copy_((w if mask is None else w.mul_(mask)).to(self.weight.dtype))
@@ -346,14 +343,11 @@ class Transformer(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)                             # rotate-half layout
         return emb.cos(), emb.sin()
 
-    def forward(self, input_ids, cache: KVCache | None = None, start_pos: int | None = None):
+    def forward(self, input_ids, cache: KVCache | None = None):
         """input_ids (B, T) -> logits (B, T, vocab), every position, in the model's dtype.
         A KVCache is filled in place; positions continue after what it holds."""
-        past = 0 if cache is None else cache.seq_len
-        start_pos = past if start_pos is None else start_pos
-        if cache is not None and start_pos != past:
-            raise ValueError(f"start_pos={start_pos} but the KV cache holds {past} positions")
         x = self.model.embed_tokens(input_ids)                             # (B, T, hidden)
+        start_pos = 0 if cache is None else cache.seq_len
         cos, sin = self.rope(input_ids.shape[1], x.device, start_pos)
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, None if cache is None else cache.layers[i])
@@ -537,8 +531,7 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
 
 def save_model(model: Transformer, path):
     """Write an HF checkpoint directory: model.safetensors (metadata {"format": "pt"}; a tied
-    head stored once), config.json, tokenizer files copied from model.path. Unmerged adapters
-    are refused: call merge_lora (or save_adapters) first."""
+    head stored once), config.json, tokenizer files copied from model.path."""
     for name, m in lora_modules(model):
         if m.r > 0 and bool(m.lora_B.detach().any()):
             raise ValueError(f"save_model: {name} has an unmerged LoRA adapter; call "
@@ -643,12 +636,10 @@ class Tokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
-def load_tokenizer(path) -> Tokenizer:
-    return Tokenizer(path)
+load_tokenizer = Tokenizer
 
 
 def pick_device() -> torch.device:
-    """cuda > mps > cpu."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
