@@ -130,13 +130,11 @@ def choice_logliks(model, prompt_ids, choice_ids, batched=True):
             cache = None                         # model.py's KVCache, from the model's module
             if L > 1:
                 cache = importlib.import_module(type(model).__module__).KVCache(
-                    len(model.model.layers))
+                    len(model.model.layers), P + L - 1)
             x = torch.tensor([prompt_ids], device=device)                       # (1, P)
             first = (model(x) if cache is None else model(x, cache=cache))[0, -1]
             scores = [picked(first[None], c[:1]) for c in choice_ids]         # token 0
-            if L > 1:
-                for lay in cache.layers:        # (1, Hkv, P, D) -> (C, Hkv, P, D), no copy yet
-                    lay.k, lay.v = lay.k.expand(C, -1, -1, -1), lay.v.expand(C, -1, -1, -1)
+            if L > 1:                           # the one-row prompt cache widens to C rows
                 x = torch.tensor([c[:-1] + [0] * (L - len(c)) for c in choice_ids], device=device)
                 rest = model(x, cache=cache)    # (C, L-1, V): position j predicts token j+1
                 scores = [s + (picked(rest[i, :len(c) - 1], c[1:]) if len(c) > 1 else 0.0)
@@ -410,12 +408,17 @@ def markdown_table(rows, metric_keys):
     return "\n".join(lines) + "\n"
 
 
-# Method -> the train.py config fields that select it (see compare()).
+# Method -> the train.py config fields that select it (see compare()). "efx" is the project's
+# default; "efx_published" the authors' method (E6, PBS E14 after the merge, SPEC 7 note).
 METHODS = {"dense_lora": {"method": "dense"},
            "wanda_lora": {"method": "wanda"},
            "sparsegpt_lora": {"method": "sparsegpt"},
-           "efx": {"method": "efx", "pbs": False},
-           "efx_pbs": {"method": "efx", "pbs": True}}
+           "efx": {"method": "efx"},
+           "efx_published": {"method": "efx", "pbs": True, "pbs_variant": "paper",
+                             "reconstruct": "none", "compensate_final": False},
+           "efx_none": {"method": "efx", "pbs": False, "reconstruct": "none"},
+           "efx_e15": {"method": "efx", "pbs": True, "pbs_variant": "gram", "reconstruct": "none"},
+           "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
 
 
 def compare(domain, sparsities, methods=tuple(METHODS), base_cfg=None, out=None, log=print,

@@ -333,18 +333,6 @@ def test_e0_masked_merge_keeps_every_masked_zero(make_model):
         assert torch.allclose(m.weight, wants[n], atol=ATOL32), n
 
 
-def test_masked_adapter_mode_forward_is_masked_augmented_weight(make_model):
-    """SPEC 8 adapter_mode "masked": the layer computes (M * (W + s B A)) x."""
-    model = _lora_model(make_model)
-    m = model.model.layers[0].mlp.gate_proj
-    mask = torch.rand(m.weight.shape) > 0.5
-    m.set_mask(mask)
-    x = torch.randn(2, 64)
-    ref = x @ (mask * m.augmented_weight()).T
-    assert torch.allclose(m(x), ref, atol=ATOL32), _max_diff(m(x), ref)
-    assert "mlp.gate_proj.mask" not in "".join(model.state_dict())   # non-persistent
-
-
 def test_peft_adapters_round_trip(make_model, tmp_path):
     model = _lora_model(make_model)
     M.save_adapters(model, tmp_path / "ad")
