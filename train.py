@@ -6,8 +6,8 @@
     torchrun --nproc_per_node=2 train.py ...      # DistributedDataParallel on the adapters
 
 Methods (`--method`):
-  efx        EfficientXpert: LoRA training with intermediate ForeSight pruning calls (E5/E6,
-             score averaging E7, optional PBS E12-E14) and a final call without them.
+  efx        EfficientXpert: LoRA training with intermediate ForeSight pruning calls (E6 or E5,
+             score averaging E7, compensation E12-E16) and a final call without averaging.
   dense      LoRA only, merged at the end: the reference point for "% of dense".
   wanda, sparsegpt, magnitude
              LoRA + one-shot pruning, `--baseline_order after` (paper: LoRA -> merge -> prune)
@@ -55,11 +55,13 @@ class TrainConfig:
     nm: str = ""                    # "2:4" etc.: N:M instead of unstructured (E10)
     per: str = "row"                # mask selection: row (E8) | layer (E9)
     # EfficientXpert (SPEC sections 4, 7, 8)
-    foresight_variant: str = "paper"    # paper (E5) | code (E6)
-    pbs: bool = True                # Partial Brain Surgeon in the intermediate calls
-    pbs_variant: str = "paper"      # paper | code (SPEC section 7)
+    foresight_variant: str = "code"     # code (E6, the authors' released code) | paper (E5)
+    pbs: bool = False               # B update before each masked merge (SPEC section 7)
+    pbs_variant: str = "paper"      # paper | code (E12-E14: no gain after the merge) | gram (E15)
+    reconstruct: str = "obs"        # obs: OBS update of the kept weights for the mask (E16) | none
+    compensate_final: bool = True   # apply pbs / reconstruct in the final call too
+    sparsity_ramp: str = "none"     # none | cubic: call k of K prunes rho (1 - (1 - k/K)^3)
     mask_lr: float = 0.5            # eta of the score average (E7)
-    adapter_mode: str = "merge"     # merge (reference code) | masked
     prune_every: int = 1            # intermediate call before epoch e when e >= 1, e % k == 0
     prune_every_steps: int = 0      # > 0: every k optimizer steps instead of epochs
     baseline_order: str = "after"   # after (paper) | both (reference repo)
@@ -97,12 +99,15 @@ class TrainConfig:
 PRESETS = {
     # SPEC section 8 / the paper's reference hyper-parameters (one GPU).
     "paper": dict(lora_r=8, lora_alpha=16, lora_dropout=0.05, lr=2e-4, epochs=3, batch_size=4,
-                  nsamples=128, seqlen=2048, mask_lr=0.5, pbs=True, max_len=2048, max_train=0),
+                  nsamples=128, seqlen=2048, mask_lr=0.5, max_len=2048, max_train=0,
+                  foresight_variant="code", pbs=True, pbs_variant="paper", reconstruct="none",
+                  compensate_final=False),
     # The main job on 2 CPU cores. 192 of the 320 med training examples and 8 x 256
     # calibration tokens keep it to minutes and EfficientXpert's pruning calls within ~7 % of
     # the training time (bench_train.py); 16 x 256 gave a one-shot perplexity only 1.5 % lower.
+    # Two intermediate calls (steps 32 and 64 of 96), so that the score average E7 acts.
     "default": dict(epochs=2, max_train=192, nsamples=8, seqlen=256, max_len=256, eval_max=40,
-                    eval_ppl_windows=16),
+                    eval_ppl_windows=16, prune_every_steps=32),
     # About two minutes on CPU (105 s measured): a check that the whole pipeline runs.
     "smoke": dict(epochs=2, max_train=16, nsamples=4, seqlen=128, max_len=128, eval_max=8,
                   log_every=2, eval_seqlen=256, eval_ppl_windows=4),
@@ -146,21 +151,14 @@ def check_config(c: TrainConfig) -> TrainConfig:
         if not ok:
             raise ValueError(f"config: {msg}")
     need(c.method in METHODS, f"method must be one of {METHODS}, got {c.method!r}")
-    need(0.0 <= c.sparsity < 1.0, f"sparsity must be in [0, 1), got {c.sparsity}")
-    if c.nm:
-        try:
-            n, m = (int(x) for x in c.nm.split(":"))
-        except ValueError:
-            raise ValueError(f"config: nm must look like '2:4', got {c.nm!r}") from None
-        need(0 < n < m, f"nm needs 0 < N < M, got {c.nm!r}")
-    need(c.per in ("row", "layer"), f"per must be 'row' or 'layer', got {c.per!r}")
-    need(c.foresight_variant in ("paper", "code"), f"foresight_variant must be paper|code, got {c.foresight_variant!r}")
-    need(c.pbs_variant in ("paper", "code"), f"pbs_variant must be paper|code, got {c.pbs_variant!r}")
-    need(c.adapter_mode in ("merge", "masked"), f"adapter_mode must be merge|masked, got {c.adapter_mode!r}")
+    try:                                # the pruning options are checked where they are defined
+        prune_options(c, "foresight", c.sparsity, compensate=True)
+    except ValueError as e:
+        raise ValueError(f"config: {e}") from None
+    need(c.sparsity_ramp in ("none", "cubic"), f"sparsity_ramp must be none|cubic, got {c.sparsity_ramp!r}")
     need(c.baseline_order in ("after", "both"), f"baseline_order must be after|both, got {c.baseline_order!r}")
     need(c.lr_schedule in ("cosine", "linear"), f"lr_schedule must be cosine|linear, got {c.lr_schedule!r}")
     need(c.lora_r > 0, f"lora_r must be > 0, got {c.lora_r}")
-    need(0.0 < c.mask_lr <= 1.0, f"mask_lr must be in (0, 1], got {c.mask_lr}")
     need(c.epochs >= 1 and c.prune_every >= 1 and c.prune_every_steps >= 0,
          f"epochs and prune_every must be >= 1 and prune_every_steps >= 0, got {c.epochs}, {c.prune_every}, {c.prune_every_steps}")
     need(c.batch_size >= 1 and c.grad_accum >= 1 and c.batch_size % c.grad_accum == 0,
@@ -187,6 +185,20 @@ def prune_points(epochs, steps_per_epoch, prune_every=1, prune_every_steps=0):
     return [e * steps_per_epoch for e in range(1, epochs) if e % prune_every == 0]
 
 
+def prune_options(c, method, sparsity, compensate=False, average=False, seed=0):
+    """The efx.PruneOptions of one call of run `c`; compensation (E12-E16) only if asked."""
+    return efx.PruneOptions(
+        method, sparsity, c.nm or None, c.per, c.foresight_variant, average, c.mask_lr,
+        pbs=compensate and c.pbs, pbs_variant=c.pbs_variant,
+        reconstruct=c.reconstruct if compensate else "none", offload=c.offload, seed=seed)
+
+
+def ramp(sparsity, k, K, kind):
+    """Sparsity of pruning call k of K (1-based; K = the final call): the target, or with
+    "cubic" gradual magnitude pruning's schedule (Zhu & Gupta 2017) rho (1 - (1 - k/K)^3)."""
+    return sparsity if kind == "none" else sparsity * (1 - (1 - k / K) ** 3)
+
+
 def lr_factor(step, total, warmup, kind):
     """Linear warm-up to 1, then cosine or linear decay to 0 at `total`."""
     if step < warmup:
@@ -195,11 +207,11 @@ def lr_factor(step, total, warmup, kind):
     return 0.5 * (1 + math.cos(math.pi * t)) if kind == "cosine" else 1.0 - t
 
 
-def completion_loss(logits, labels, n_tokens):
+def completion_loss(model, ids, labels, n_tokens):
     """Sum of next-token cross-entropy over completion tokens / n_tokens (the token count of
-    the whole optimizer step, so micro-batches and ranks add up to the global mean)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                           ignore_index=data.IGNORE, reduction="sum") / n_tokens
+    the whole optimizer step, so micro-batches and ranks add up to the global mean). The model
+    computes lm_head and the cross-entropy only at completion positions (model.py forward)."""
+    return model(ids, labels=labels, n_tokens=n_tokens)
 
 
 # ----------------------------------------------------------------------------- memory, checkpoints
@@ -236,8 +248,6 @@ def save_checkpoint(path, model, opt, score_state, state):
         tensors[f"model.{name}.weight"] = m.weight.detach()
         tensors[f"model.{name}.lora_A"] = m.lora_A.detach()
         tensors[f"model.{name}.lora_B"] = m.lora_B.detach()
-        if m.mask is not None:
-            tensors[f"model.{name}.mask"] = m.mask
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for k, v in opt.state.get(p, {}).items():
@@ -273,8 +283,6 @@ def load_checkpoint(path, model, opt, score_state):
         for name, m in M.lora_modules(model):
             for attr in ("weight", "lora_A", "lora_B"):
                 getattr(m, attr).copy_(t[f"model.{name}.{attr}" if attr != "weight" else f"model.{name}.weight"])
-            if f"model.{name}.mask" in t:
-                m.mask = t[f"model.{name}.mask"].to(dev)
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         keys = [k for k in t if k.startswith(f"optim.{i}.")]
@@ -355,20 +363,31 @@ def run(cfg) -> dict:
     reset_peak_memory(device)
     score_state, prune_reports, losses = {}, [], []
 
-    def prune_call(method, pbs, average, tag, keep_scores=False):
-        t = time.time()
-        rep = efx.prune(model, calib_ids, method, cfg.sparsity, nm=cfg.nm or None, per=cfg.per,
-                        foresight_variant=cfg.foresight_variant, pbs=pbs, pbs_variant=cfg.pbs_variant,
-                        score_state=score_state, average=average, mask_lr=cfg.mask_lr,
-                        adapter_mode=cfg.adapter_mode if method == "foresight" else "merge",
-                        offload=cfg.offload, seed=cfg.seed * 1000 + len(prune_reports), log=_log if rank == 0 else (lambda *a: None))
+    probe = next(data.batches(encoded, cfg.batch_size, cfg.seed, 0, pad, drop_last=True))
+    autocast = lambda: torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+
+    @torch.no_grad()
+    def probe_loss():        # the loss just before and after a call, on one fixed training batch
+        was, (x, y) = model.training, (t.to(device) for t in probe)
+        model.eval()
+        with autocast():
+            loss = completion_loss(model, x, y, int((y[:, 1:] != data.IGNORE).sum().clamp(min=1)))
+        model.train(was)
+        return loss.item()
+
+    def prune_call(method, compensate, average, tag, keep_scores=False):
+        t, k, before = time.time(), len(prune_reports) + 1, probe_loss()
+        rho = ramp(cfg.sparsity, k, n_calls, cfg.sparsity_ramp) if method == "foresight" else cfg.sparsity
+        o = prune_options(cfg, method, rho, compensate, average, seed=cfg.seed * 1000 + k - 1)
+        rep = efx.prune(model, calib_ids, options=o, score_state=score_state,
+                        log=_log if rank == 0 else (lambda *a: None))
         if not keep_scores:     # no later call averages with these scores (E7): free them
             score_state.clear()
-        rep["tag"] = tag
-        prune_reports.append({k: v for k, v in rep.items() if k not in ("maps",)})
+        rep.update(tag=tag, loss_before=before, loss_after=probe_loss())
+        prune_reports.append({key: v for key, v in rep.items() if key != "maps"})
         times[f"prune_{len(prune_reports)}_{tag}_s"] = time.time() - t
-        _log(f"[train] prune call {len(prune_reports)} ({tag}): {method} overall sparsity "
-             f"{rep['overall_sparsity']:.4f} in {time.time() - t:.1f}s")
+        _log(f"[train] prune call {k} ({tag}): {method} overall sparsity {rep['overall_sparsity']:.4f}"
+             f" in {rep['time_s']:.1f}s; probe loss {before:.4f} -> {rep['loss_after']:.4f}")
         return rep
 
     if cfg.method in ("wanda", "sparsegpt", "magnitude") and cfg.baseline_order == "both":
@@ -382,6 +401,7 @@ def run(cfg) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.lr_schedule))
     points = set(prune_points(cfg.epochs, steps_per_epoch, cfg.prune_every, cfg.prune_every_steps)) \
         if cfg.method == "efx" else set()
+    n_calls = len(points) + 1                              # efx: the intermediate calls + final
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     ckpt, start_epoch = out / "checkpoint.safetensors", 0
@@ -404,15 +424,15 @@ def run(cfg) -> dict:
                                                         drop_last=True)):
             step = epoch * steps_per_epoch + i
             if step in points:                                 # SPEC section 8, intermediate call
-                prune_call("foresight", cfg.pbs, True, f"step{step}", keep_scores=max(points) > step)
+                prune_call("foresight", True, True, f"step{step}", keep_scores=max(points) > step)
                 model.train()
             n_tok = int((labels[:, 1:] != data.IGNORE).sum().clamp(min=1))
             loss_sum = 0.0
             for a in range(cfg.grad_accum):                   # this rank's share of each micro-batch
                 sl = slice(a * micro + rank * (micro // world), a * micro + (rank + 1) * (micro // world))
                 x, y = ids[sl].to(device), labels[sl].to(device)
-                with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-                    loss = completion_loss(ddp(x), y, n_tok) * world
+                with autocast():
+                    loss = completion_loss(ddp, x, y, n_tok) * world
                 ctx = ddp.no_sync() if world > 1 and a < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with ctx:
                     loss.backward()
@@ -444,16 +464,16 @@ def run(cfg) -> dict:
             dist.barrier()
     times["train_s"] = time.time() - t_train
 
-    # the final call: no PBS, no averaging (SPEC section 8); baselines merge then prune once
+    # the final call: no averaging (SPEC section 8), compensation if compensate_final;
+    # baselines merge, then prune once
     if cfg.method == "efx":
-        final = prune_call("foresight", False, False, "final")
+        final = prune_call("foresight", cfg.compensate_final, False, "final")
         M.merge_lora(model)
     else:
         M.merge_lora(model)
         final = prune_call(cfg.method, False, False, "final") if cfg.method != "dense" else None
     for _, m in M.lora_modules(model):                     # the saved model is plain and sparse
         m.set_lora(0, 0)
-        m.mask = None
     results["peak_memory_gb"] = peak_memory_gb(device)
     results["peak_memory_kind"] = "cuda max allocated" if device.type == "cuda" else "process peak RSS"
     results.update(losses=losses, prune_calls=prune_reports,

@@ -328,11 +328,11 @@ def test_sec9_compare_hook(monkeypatch, tmp_path):
                             "choices": [" yes", " no"], "label": 0}] * 2}}
     monkeypatch.setitem(sys.modules, "train", types.SimpleNamespace(run=run))
     monkeypatch.setitem(sys.modules, "data", types.SimpleNamespace(default_domain=lambda n: dom))
-    res = ev.compare("med", [0.5], methods=("dense_lora", "wanda_lora", "efx_pbs"),
+    res = ev.compare("med", [0.5], methods=("dense_lora", "wanda_lora", "efx_published"),
                      out=tmp_path, seqlen=8, log=lambda *_: None)
-    assert [(c["method"], c["sparsity"], c.get("pbs")) for c in calls] == [
-        ("dense", 0.0, None), ("wanda", 0.5, None), ("efx", 0.5, True)]
-    assert calls[2]["out"] == str(tmp_path / "efx_pbs_0.5") and calls[0]["eval"] is False
+    assert [(c["method"], c["sparsity"], c.get("pbs"), c.get("reconstruct")) for c in calls] == [
+        ("dense", 0.0, None, None), ("wanda", 0.5, None, None), ("efx", 0.5, True, "none")]
+    assert calls[2]["out"] == str(tmp_path / "efx_published_0.5") and calls[0]["eval"] is False
     assert res["rows"][0]["rel"] == pytest.approx(100.0)
     assert "% of dense" in (tmp_path / "results.md").read_text()
 
