@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import assets
 import data
 import efx
 import eval as ev
@@ -137,7 +138,7 @@ def main():
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = data.default_model_dir()
+    model_dir = assets.default_model_dir()
     tok = M.load_tokenizer(model_dir)
     results = {"config": vars(args)}
     if args.part in ("calls", "all"):

@@ -1,6 +1,6 @@
 """bench_prune.py: time and memory of one efx.prune call per method on the default model.
 
-Issue 3's benchmark (a script, not a test): SmolLM2-135M (data.default_model_dir()),
+Issue 3's benchmark (a script, not a test): SmolLM2-135M (assets.default_model_dir()),
 calibration windows of the general corpus (default 32 x 512 tokens). Reports, per method, the
 wall time of one prune call and its peak memory, and checks three targets:
   * a ForeSight call takes at most 1.25 x a Wanda call (same calibration, only the score differs);
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import assets
 import data
 import efx
 import model as M
@@ -123,7 +124,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device) if args.device else M.pick_device()
-    model_dir = data.default_model_dir()
+    model_dir = assets.default_model_dir()
     tok = M.load_tokenizer(model_dir)
     ids = tok.encode(data.general_corpus(), bos=False)
     cut = int(0.9 * len(ids))                                   # efx.py CLI's held-out split

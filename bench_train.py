@@ -7,7 +7,7 @@ Runs `train.run` in one process, one run after the other, in the order dense, ef
 (--order): `dense` (LoRA only, merged at the end) and `efx` (ForeSight at 50 %, PBS in the
 intermediate calls, SPEC section 8). Run to run, this machine's speed drifts by 5-10 %; the
 ABBA order cancels a linear drift, and the ratios use the sums over the runs. All run on the
-default model (data.default_model_dir(): SmolLM2-135M-Instruct) and domain `med`, with eval
+default model (assets.default_model_dir(): SmolLM2-135M-Instruct) and domain `med`, with eval
 off, the same examples, seed, batch and number of optimizer steps. Prints the ratios
 efx / dense of wall time and of peak memory (train.peak_memory_gb: peak RSS on CPU, reset after
 the model is loaded; max allocated on CUDA). Targets (issue 4): <= 1.10 x time, <= 1.05 x memory.
@@ -115,7 +115,7 @@ def main(argv=None):
     ap.add_argument("--batch_size", type=int, default=d["batch_size"])
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--domain", default="med")
-    ap.add_argument("--model", default="", help='"" = data.default_model_dir()')
+    ap.add_argument("--model", default="", help='"" = assets.default_model_dir()')
     ap.add_argument("--device", default="")
     ap.add_argument("--order", default="dense,efx,efx,dense",
                     help="run order; a method may repeat (default ABBA: a drift of the machine's speed cancels)")

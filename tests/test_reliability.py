@@ -3,7 +3,7 @@
 Each case asserts the error message or the intact state, on tiny random checkpoints
 (conftest: 2 layers, hidden 64, vocab 128, word-level tokenizer), CPU only.
 
-* CLIs (`python train.py | efx.py | eval.py`): one process per case, table CLI_CASES. Paying
+* CLIs (`python train.py | prune.py | eval.py`): one process per case, table CLI_CASES. Paying
   the ~2 s torch import once instead of per case, a driver process imports the modules and
   forks one child per case; the child sets sys.argv, runs the script as __main__ (runpy) and
   treats what reaches the top level as the interpreter does (SystemExit: message and status;
@@ -159,8 +159,8 @@ def world(tmp_path_factory):
 TRAIN = ("--model {noweights} --train {train} --calib {calib} --eval false --device cpu "
          "--epochs 1 --batch_size 4 --max_train 0 --nsamples 2 --seqlen 16 --max_len 32 "
          "--log_every 100 --out {dir}/train_out")
-EFX = ("--model {noweights} --calib {calib} --eval-text {calib} --nsamples 2 --seqlen 16 "
-       "--eval-windows 2 --device cpu --results {dir}/efx.json")
+PRUNE = ("--model {noweights} --calib {calib} --eval_text {calib} --nsamples 2 --seqlen 16 "
+         "--eval_windows 2 --device cpu --results {dir}/prune.json")
 EVAL = "--model {noweights} --tasks {tasks} --seqlen 16 --device cpu --out {dir}/eval_out"
 
 # (id, script, arguments, exit status, regex the last output line must match after
@@ -209,28 +209,28 @@ CLI_CASES = [
      r"config\.json: unsupported hidden_act: 'gelu'"),
     ("train-resume-corrupt", "train.py", TRAIN + " --model {ck} --resume --out {corrupt_out}", 1,
      r"checkpoint\.safetensors: not a readable checkpoint"),
-    # -- efx.py
-    ("efx-sparsity-1", "efx.py", EFX + " --sparsity 1.0", 1,
+    # -- prune.py
+    ("prune-sparsity-1", "prune.py", PRUNE + " --sparsity 1.0", 1,
      r"sparsity must be in \[0, 1\), got 1\.0"),
-    ("efx-sparsity-neg", "efx.py", EFX + " --sparsity -0.5", 1,
+    ("prune-sparsity-neg", "prune.py", PRUNE + " --sparsity -0.5", 1,
      r"sparsity must be in \[0, 1\), got -0\.5"),
-    ("efx-nm-n-ge-m", "efx.py", EFX + " --nm 4:2", 1, r"nm=4:2: expected 0 < N < M"),
-    ("efx-nm-width", "efx.py", EFX + " --nm 2:3", 1,
+    ("prune-nm-n-ge-m", "prune.py", PRUNE + " --nm 4:2", 1, r"nm=4:2: expected 0 < N < M"),
+    ("prune-nm-width", "prune.py", PRUNE + " --nm 2:3", 1,
      r"hidden_size\) has 64 columns, not divisible by M=3"),
-    ("efx-method", "efx.py", EFX + " --method random", 1, r"method='random', expected one of"),
-    ("efx-fs-variant", "efx.py", EFX + " --method foresight --foresight-variant exact", 1,
+    ("prune-method", "prune.py", PRUNE + " --method random", 1, r"method='random', expected one of"),
+    ("prune-fs-variant", "prune.py", PRUNE + " --method foresight --foresight_variant exact", 1,
      r"foresight_variant='exact'"),
-    ("efx-per", "efx.py", EFX + " --per column", 1, r"per='column', expected one of"),
-    ("efx-nsamples-0", "efx.py", EFX + " --nsamples 0", 1,
+    ("prune-per", "prune.py", PRUNE + " --per column", 1, r"per='column', expected one of"),
+    ("prune-nsamples-0", "prune.py", PRUNE + " --nsamples 0", 1,
      r"nsamples, batch_size and eval_windows must be >= 1"),
-    ("efx-model-missing", "efx.py", EFX + " --model {dir}/nowhere", 1,
+    ("prune-model-missing", "prune.py", PRUNE + " --model {dir}/nowhere", 1,
      r"model: path '.*nowhere' does not exist"),
-    ("efx-calib-missing", "efx.py", EFX + " --calib {dir}/no.txt", 1,
+    ("prune-calib-missing", "prune.py", PRUNE + " --calib {dir}/no.txt", 1,
      r"calib: path '.*no\.txt' does not exist"),
-    ("efx-vocab", "efx.py", EFX + " --model {bigvocab}", 1,
+    ("prune-vocab", "prune.py", PRUNE + " --model {bigvocab}", 1,
      r"160 tokens do not fit the model's vocab_size=128"),
-    ("efx-pickle-only", "efx.py", EFX + " --model {pickle_only}", 1, r"only safetensors"),
-    ("efx-truncated", "efx.py", EFX + " --model {truncated}", 1,
+    ("prune-pickle-only", "prune.py", PRUNE + " --model {pickle_only}", 1, r"only safetensors"),
+    ("prune-truncated", "prune.py", PRUNE + " --model {truncated}", 1,
      r"model\.safetensors: not a valid safetensors file"),
     # -- eval.py
     ("eval-model-missing", "eval.py", EVAL + " --model {dir}/nowhere", 1,
@@ -257,14 +257,14 @@ CLI_CASES = [
 # Runs that must succeed on a checkpoint asking for remote code (auto_map, modeling_*.py).
 CLI_OK = [
     ("train-untrusted-dir", "train.py", TRAIN + " --model {evil} --method wanda"),
-    ("efx-untrusted-dir", "efx.py", EFX + " --model {evil} --save {dir}/efx_saved"),
+    ("prune-untrusted-dir", "prune.py", PRUNE + " --model {evil} --save {dir}/prune_saved"),
     ("eval-untrusted-dir", "eval.py", EVAL + " --model {evil} --ppl-file {calib}"),
 ]
 
 DRIVER = """\
 import json, os, runpy, sys
 sys.path.insert(0, {repo!r})
-import torch, data, efx, eval, model, train       # imported once; each case forks from here
+import torch, data, efx, eval, model, prune, train       # imported once; each case forks from here
 with torch.device("meta"):     # load_model's first meta-device init imports torch._dynamo
     torch.nn.Embedding(2, 2)   # (~1.5 s): done once here too
 codes = []
@@ -336,7 +336,7 @@ def test_cli_runs_on_dir_asking_for_remote_code(cli, world):
         assert code == 0, f"{name}: exit {code}\n{out[-3000:]}"
     assert not world.code_marker.exists(), "a Python file of the checkpoint directory ran"
     assert not world.pickle_marker.exists(), "pytorch_model.bin was unpickled"
-    saved = json.loads((world.dir / "efx_saved" / "config.json").read_text())
+    saved = json.loads((world.dir / "prune_saved" / "config.json").read_text())
     assert "auto_map" not in saved and "trust_remote_code" not in saved
 
 

@@ -365,7 +365,7 @@ def test_cli_precedence_defaults_preset_config_flags(tmp_path):
 def test_cli_check_config_errors_name_the_field(field, value, words):
     values = {field: value, **({"grad_accum": 2} if field == "batch_size" else {})}
     with pytest.raises(ValueError, match=words):
-        train.make_config(values)
+        train.cli.make(train.TrainConfig, values)
     with pytest.raises(SystemExit, match=words) if field != "typo_field" else _no_check():
         train.main([f"--{field}", str(value)] + (["--grad_accum", "2"] if field == "batch_size" else []))
 

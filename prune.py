@@ -1,0 +1,109 @@
+"""prune.py: one-shot pruning of a checkpoint with efx, and its perplexity before and after.
+
+No fine-tuning: calibrate (SPEC section 3), score (E2, E3, E5/E6 or E11), select the mask
+(E8-E10), optionally reconstruct the kept weights (E16), on held-out text of the general
+corpus (or --eval_text). Every field of PruneConfig is a flag; `--help` lists them.
+
+  python prune.py --model DIR --method wanda --sparsity 0.5 [--nm 2:4] --save OUT
+  python prune.py --method foresight --reconstruct obs          # the built-in SmolLM2
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+import cli
+import assets
+import data
+import efx
+import eval as ev
+import model as M
+
+
+@dataclasses.dataclass
+@dataclasses.dataclass
+class PruneConfig:
+    """The one-shot run; every field is also a flag (--method wanda) and a --config key."""
+    model: str = ""              # HF-layout model directory; "" -> assets.default_model_dir()
+    method: str = "wanda"        # magnitude (E2) | wanda (E3) | sparsegpt (E11) | foresight (E5/E6)
+    sparsity: float = 0.5        # fraction pruned (E8/E9); N/M with --nm
+    nm: str = ""                 # "2:4" or "4:8" for N:M (E10); "" = unstructured
+    per: str = "row"             # row (E8) | layer (E9)
+    foresight_variant: str = "code"    # code (E6, the authors' code) | paper (E5)
+    reconstruct: str = "none"    # none | obs: OBS update of the kept weights for the mask (E16)
+    nsamples: int = 32           # calibration windows (Wanda/SparseGPT use 128)
+    seqlen: int = 512            # tokens per window, calibration and perplexity
+    calib: str = ""              # calibration text file; "" -> general corpus minus held-out tail
+    eval_text: str = ""          # perplexity text file; "" -> the held-out tail of the general corpus
+    heldout_frac: float = 0.1    # tail of the general corpus kept out of calibration
+    eval_windows: int = 32       # at most this many perplexity windows
+    seed: int = 0                # calibration window offsets
+    device: str = ""             # "" -> model.pick_device() (cuda > mps > cpu)
+    dtype: str = "float32"       # float32 | bfloat16 | float16 (weights and hidden states)
+    batch_size: int = 8          # calibration / perplexity windows per forward
+    offload: bool = False        # hidden states on CPU, moved to the device per batch
+    save: str = ""               # directory: pruned model (HF layout) + results.json
+    results: str = ""            # results JSON; default <save>/results.json, runs/efx_<method>.json
+
+
+def check_config(c: PruneConfig) -> PruneConfig:
+    """Every field, before the model is loaded: ValueError with a one-line message. --nm is
+    checked against the model by check_nm_fits in run(), as soon as config.json is read."""
+    efx.PruneOptions(c.method, c.sparsity, None, c.per, c.foresight_variant, reconstruct=c.reconstruct)
+    if c.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype={c.dtype!r}, expected one of ('float32', 'bfloat16', 'float16')")
+    if min(c.nsamples, c.batch_size, c.eval_windows) < 1 or c.seqlen < 2:
+        raise ValueError("nsamples, batch_size and eval_windows must be >= 1 and seqlen >= 2, "
+                         f"got {c.nsamples}, {c.batch_size}, {c.eval_windows}, {c.seqlen}")
+    if not 0 <= c.heldout_frac < 1:
+        raise ValueError(f"heldout_frac must be in [0, 1), got {c.heldout_frac}")
+    for field in ("model", "calib", "eval_text"):
+        if getattr(c, field) and not Path(getattr(c, field)).exists():
+            raise FileNotFoundError(f"{field}: path {getattr(c, field)!r} does not exist")
+    return c
+
+
+def main(argv=None):
+    return cli.main("prune.py", lambda: run(check_config(cli.parse(PruneConfig, argv, __doc__.split("\n")[0]))))
+
+
+def run(cfg: PruneConfig) -> dict:
+    model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
+    mcfg = M.load_config(model_dir)                # cheap checks before the weights are read
+    if cfg.nm:
+        efx.check_nm_fits(mcfg, cfg.nm)
+    tok = M.load_tokenizer(model_dir)
+    M.check_tokenizer(tok, mcfg, model_dir)
+    dev = torch.device(cfg.device) if cfg.device else M.pick_device()
+    model = M.load_model(model_dir, device=dev, dtype=getattr(torch, cfg.dtype))
+    general = [] if cfg.calib and cfg.eval_text else tok.encode(data.general_corpus(), bos=False)
+    cut = int(len(general) * (1 - cfg.heldout_frac))
+    calib_src = tok.encode(Path(cfg.calib).read_text(), bos=False) if cfg.calib else general[:cut]
+    heldout = tok.encode(Path(cfg.eval_text).read_text(), bos=False) if cfg.eval_text else general[cut:]
+    heldout = heldout[: cfg.eval_windows * cfg.seqlen]
+    corpus = cfg.eval_text or f"general_corpus tail {cfg.heldout_frac:.0%}"
+    calib_ids, offsets = data.calibration_windows(tok, calib_src, cfg.nsamples, cfg.seqlen, cfg.seed)
+    dense = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
+    print(f"dense perplexity {dense['ppl']:.3f} ({dense['windows']} windows x {cfg.seqlen})")
+    rep = efx.prune(model, calib_ids, cfg.method, cfg.sparsity, nm=cfg.nm or None, per=cfg.per,
+                    foresight_variant=cfg.foresight_variant, reconstruct=cfg.reconstruct,
+                    offload=cfg.offload, batch_size=cfg.batch_size)
+    pruned = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
+    print(f"pruned perplexity {pruned['ppl']:.3f} at sparsity {rep['overall_sparsity']:.4f} "
+          f"({cfg.method}, prune call {rep['time_s']:.1f}s)")
+    results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "dense": dense,
+               "pruned": pruned, "report": rep, "calib_offsets": offsets,
+               "note": "weights are stored dense: the saved files do not shrink"}
+    default = Path(cfg.save) / "results.json" if cfg.save else Path(f"runs/prune_{cfg.method}.json")
+    out = Path(cfg.results) if cfg.results else default
+    if cfg.save:
+        M.save_model(model, cfg.save)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"results -> {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
