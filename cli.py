@@ -43,12 +43,15 @@ def parser(cls, description, presets=None, **extra) -> argparse.ArgumentParser:
     ap.add_argument("--config", metavar="JSON", help="file of field values; flags override it")
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
-        shown = f.default if f.default != "" else '""'
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = default if default != "" else '""'
         if presets and f.name in presets["default"]:
             shown = f"{presets['default'][f.name]} in the default preset, {shown} without"
-        kind = type(f.default)
+        kind = type(default)
         kw = dict(type=_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
-        ap.add_argument(f"--{f.name}", default=None, metavar=kind.__name__.upper(),
+        if kind is list:                  # list fields: one or more values of the default's type
+            kw = dict(type=type(default[0]) if default else str, nargs="+")
+        ap.add_argument(f"--{f.name}", default=None, metavar=kw["type"].__name__.upper(),
                         help=f"{helps.get(f.name, '')} (default: {shown})", **kw)
     return ap
 

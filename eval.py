@@ -8,26 +8,27 @@ relative performance (% of dense) and the sparsity report.
   unparsable = wrong). Summarisation: greedy decoding (KV cache) -> ROUGE-1/2/L F1.
 * Relative performance: per-metric ratio to dense (perplexity inverted), mean x 100.
 
-Run:
+Run (every field of EvalConfig is a flag; --help lists them; the comparison: compare.py):
     python eval.py --model DIR --domain med --out runs/eval_med
-    python eval.py --model DIR --tasks a.jsonl b.jsonl --ppl-file corpus.txt --out runs/x
-    python eval.py --compare --domain med --sparsity 0.4 0.5 --out runs/compare_med
+    python eval.py --model DIR --tasks a.jsonl b.jsonl --ppl_file corpus.txt --out runs/x
 Model interface: `model(input_ids (B,T)) -> logits (B,T,V)` at every position, `model.generate`;
 tokenizer `.encode(text, bos=False)`, `.decode(ids)`, `.eos_id` (model.py).
 """
-import argparse
-import importlib
+import dataclasses
 import inspect
 import json
 import math
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+import cli
+import data
+import model as M
 
 
 def _device(model):
@@ -127,9 +128,9 @@ def choice_logliks(model, prompt_ids, choice_ids, batched=True):
             scores = [picked(model(torch.tensor([prompt_ids + c], device=device))[0, P - 1:-1],
                              c) for c in choice_ids]
         elif L == 1 or _supports_cache(model):
-            cache = None                         # model.py's KVCache, from the model's module
+            cache = None
             if L > 1:
-                cache = importlib.import_module(type(model).__module__).KVCache(
+                cache = M.KVCache(
                     len(model.model.layers), P + L - 1)
             x = torch.tensor([prompt_ids], device=device)                       # (1, P)
             first = (model(x) if cache is None else model(x, cache=cache))[0, -1]
@@ -364,19 +365,17 @@ def relative_performance(method_metrics, dense_metrics):
 
 
 def sparsity_report(model, nm=None):
-    """SPEC 9: exact zeros of the weight each of the seven maps uses in its forward (with a
-    'masked' adapter: M * (W + s B A)), per map, per block and overall, each as {"zeros",
+    """SPEC 9: exact zeros of the weight each of the seven maps uses in its forward
+    (W + s B A), per map, per block and overall, each as {"zeros",
     "numel", "sparsity"} (efx.prune's format); with nm=(N, M), "nm_valid": every group of M
     consecutive columns holds >= N zeros in every row. Storage stays dense: the saved file
     does not shrink."""
-    from model import SEVEN_MAPS
     per_map, per_block, nm_ok = {}, {}, True
     for name, mod in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in SEVEN_MAPS:
+        if name.rsplit(".", 1)[-1] not in M.SEVEN_MAPS:
             continue
         with torch.no_grad():
             W = mod.augmented_weight() if hasattr(mod, "augmented_weight") else mod.weight
-            W = W * mod.mask if getattr(mod, "mask", None) is not None else W
         per_map[name] = (int((W == 0).sum()), W.numel())
         blk = name.split(".layers.")[1].split(".")[0] if ".layers." in name else "?"
         per_block[blk] = tuple(a + b for a, b in zip(per_block.get(blk, (0, 0)), per_map[name]))
@@ -408,154 +407,76 @@ def markdown_table(rows, metric_keys):
     return "\n".join(lines) + "\n"
 
 
-# Method -> the train.py config fields that select it (see compare()). "efx" is the project's
-# default; "efx_published" the authors' method (E6, PBS E14 after the merge, SPEC 7 note).
-METHODS = {"dense_lora": {"method": "dense"},
-           "wanda_lora": {"method": "wanda"},
-           "sparsegpt_lora": {"method": "sparsegpt"},
-           "efx": {"method": "efx"},
-           "efx_published": {"method": "efx", "pbs": True, "pbs_variant": "paper",
-                             "reconstruct": "none", "compensate_final": False},
-           "efx_none": {"method": "efx", "pbs": False, "reconstruct": "none"},
-           "efx_e15": {"method": "efx", "pbs": True, "pbs_variant": "gram", "reconstruct": "none"},
-           "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
-
-
-def compare(domain, sparsities, methods=tuple(METHODS), base_cfg=None, out=None, log=print,
-            **eval_kw):
-    """Train every method on the same data and budget, evaluate each the same way (issue 5).
-
-    Uses train.run(cfg: dict) -> dict with "model" (the final, merged nn.Module) and optionally
-    "tokenizer", "peak_gb", "wall_s"; cfg = {"eval": False} + base_cfg (the same budget for
-    all) + {"domain", "sparsity", "out": <out>/<method>_<sparsity>, "method":
-    dense|wanda|sparsegpt|efx, "pbs"}. The dense run is trained once, at sparsity 0. eval_kw go
-    to evaluate() (seqlen, max_examples, mode, ppl_max_windows, ...)."""
-    import data
-    import model as model_mod
-    import train
-    dom = data.default_domain(domain)
-    runs = [("dense_lora", 0.0)] if "dense_lora" in methods else []
-    runs += [(m, s) for s in sparsities for m in methods if m != "dense_lora"]
-    root, rows = Path(out or (base_cfg or {}).get("out") or "runs/compare"), []
-    for name, s in runs:                        # train's own evaluation off: done here, alike
-        cfg = {"eval": False, **(base_cfg or {}), "domain": domain, "sparsity": s,
-               "out": str(root / f"{name}_{s:g}"), **METHODS[name]}
-        log(f"[compare] {name} sparsity {s}")
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.time()
-        res = train.run(cfg)
-        wall, peak = res.get("wall_s", time.time() - t0), res.get("peak_gb")
-        if peak is None and torch.cuda.is_available():   # CPU: unknown unless train reports it
-            peak = torch.cuda.max_memory_allocated() / 2**30
-        model = res["model"]
-        tok = res.get("tokenizer") or model_mod.load_tokenizer(model.path)
-        e = evaluate(model, tok, dom["test"], dom.get("ppl_text"), log=log,
-                     ppl_corpus=f"{domain}:ppl_text", **eval_kw)
-        rows.append({"name": f"{name} @{s:.0%}", "method": name, "sparsity": s, "cfg": cfg,
-                     "metrics": e["metrics"], "eval": e, "wall_s": wall, "peak_gb": peak,
-                     "zeros": 100 * sparsity_report(model)["overall"]["sparsity"]})
-        del model, res                          # free the device before the next run
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    dense = next((r for r in rows if r["method"] == "dense_lora"), None)
-    for r in rows if dense else []:             # rel_detail lists ratios and skipped metrics
-        r["rel_detail"] = relative_performance(r["metrics"], dense["metrics"])
-        r["rel"] = r["rel_detail"]["percent_of_dense"]
-    table = markdown_table(rows, list(rows[0]["metrics"]) if rows else [])
-    if out:
-        _write(out, {"domain": domain, "sparsities": list(sparsities), "eval": eval_kw,
-                     "rows": rows}, table)
-    return {"rows": rows, "table": table}
-
-
-def _write(out, results, table):
+def write(out, results, table):
+    """results.json and the Markdown table results.md in folder `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "results.md").write_text(table)
 
 
+@dataclasses.dataclass
+class EvalConfig:
+    """One evaluation; every field is a flag (--seqlen 512) and a --config key."""
+    model: str = ""              # HF-layout model directory to evaluate
+    domain: str = ""             # built-in test sets and perplexity text: med | legal
+    tasks: list = dataclasses.field(default_factory=list)   # JSONL task files (SPEC 10); name = file stem
+    ppl_file: str = ""           # text file for perplexity ("" = the domain's)
+    out: str = "runs/eval"       # folder for results.json and results.md
+    seqlen: int = 512            # perplexity window and prompt length
+    max_examples: int = 0        # first N examples per task (0 = all)
+    ppl_max_windows: int = 0     # first N perplexity windows (0 = all)
+    mode: str = "loglik"         # loglik (summed log-likelihood of each choice) | generate
+    max_new_tokens: int = 128    # generated tokens for summaries (answers: 16)
+    device: str = ""             # "" = cuda > mps > cpu
+    dtype: str = "float32"       # float32 | bfloat16 | float16
+
+    def __post_init__(self):     # every value, before a model is loaded
+        if not self.model or not (self.domain or self.tasks):
+            raise ValueError("need --model and one of --domain / --tasks")
+        for field, allowed in (("domain", ("", "med", "legal")), ("mode", ("loglik", "generate")),
+                               ("dtype", ("float32", "bfloat16", "float16"))):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field}={getattr(self, field)!r}, expected one of {allowed}")
+        if self.seqlen < 2 or min(self.max_examples, self.ppl_max_windows) < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"need seqlen >= 2, max_examples and ppl_max_windows >= 0, max_new_tokens"
+                             f" >= 1; got {self.seqlen}, {self.max_examples}, {self.ppl_max_windows}, "
+                             f"{self.max_new_tokens}")
+        for field, paths in (("model", [self.model]), ("tasks", self.tasks), ("ppl_file", [self.ppl_file])):
+            for p in paths:
+                if p and not Path(p).exists():
+                    raise FileNotFoundError(f"{field}: path {p!r} does not exist")
+
+
 def main(argv=None):
-    """The CLI. Bad input ends the process with one line, `eval.py: error: ...`, exit 1
-    (argparse's own errors: usage line + error, exit 2); no traceback."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="HF-layout model directory")
-    ap.add_argument("--domain", choices=["med", "legal"])
-    ap.add_argument("--tasks", nargs="+", help="JSONL task files (SPEC 10); name = file stem")
-    ap.add_argument("--ppl-file", help="text file for perplexity (default: the domain's)")
-    ap.add_argument("--out", default="runs/eval")
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--max-examples", type=int, help="first N examples per task")
-    ap.add_argument("--ppl-max-windows", type=int, help="first N perplexity windows only")
-    ap.add_argument("--mode", choices=["loglik", "generate"], default="loglik")
-    ap.add_argument("--max-new-tokens", type=int, default=128, help="summaries (answers: 16)")
-    ap.add_argument("--device")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    ap.add_argument("--compare", action="store_true")
-    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.4, 0.5])
-    ap.add_argument("--train-config", help="JSON of train.py config fields for --compare")
-    args = ap.parse_args(argv)
-    if args.compare and not args.domain:
-        ap.error("--compare needs --domain")
-    if not args.compare and (not args.model or not (args.domain or args.tasks)):
-        ap.error("need --model and one of --domain / --tasks")
-    try:
-        _check_args(args)
-        _run(args)
-    except (ValueError, OSError, FloatingPointError) as e:
-        sys.exit(f"eval.py: error: {e}")
+    return cli.main("eval.py", lambda: run(cli.parse(EvalConfig, argv, __doc__.split("\n")[0])))
 
 
-def _check_args(a):
-    """Every argument, before a model is loaded or trained."""
-    if a.seqlen < 2:
-        raise ValueError(f"--seqlen must be >= 2, got {a.seqlen}")
-    for name in ("max_examples", "ppl_max_windows", "max_new_tokens"):
-        if getattr(a, name) is not None and getattr(a, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    if a.compare and not all(0 <= s < 1 for s in a.sparsity):
-        raise ValueError(f"--sparsity values must be in [0, 1), got {a.sparsity}")
-    for flag, paths in (("model", [a.model]), ("tasks", a.tasks or []),
-                        ("ppl-file", [a.ppl_file]), ("train-config", [a.train_config])):
-        for p in paths:
-            if p and not Path(p).exists():
-                raise FileNotFoundError(f"--{flag}: path {p!r} does not exist")
-
-
-def _run(args):
-    eval_kw = dict(seqlen=args.seqlen, max_examples=args.max_examples, mode=args.mode,
-                   max_new_tokens=args.max_new_tokens, ppl_max_windows=args.ppl_max_windows)
-    if args.compare:
-        base = json.loads(Path(args.train_config).read_text()) if args.train_config else {}
-        if args.model:
-            base.setdefault("model", args.model)
-        print(compare(args.domain, args.sparsity, base_cfg=base, out=args.out, **eval_kw)["table"])
-        return
-    import data
-    import model as model_mod
-    config = model_mod.load_config(args.model)          # input checks before the weights load
-    tok = model_mod.load_tokenizer(args.model)
-    model_mod.check_tokenizer(tok, config, args.model)
+def run(c: EvalConfig) -> dict:
+    config = M.load_config(c.model)                     # input checks before the weights load
+    tok = M.load_tokenizer(c.model)
+    M.check_tokenizer(tok, config, c.model)
     tasks, ppl_text, corpus = {}, None, ""
-    if args.domain:
-        dom = data.default_domain(args.domain)
-        tasks, ppl_text, corpus = dict(dom["test"]), dom.get("ppl_text"), f"{args.domain}:ppl_text"
-    for f in args.tasks or []:
+    if c.domain:
+        dom = data.default_domain(c.domain)
+        tasks, ppl_text, corpus = dict(dom["test"]), dom.get("ppl_text"), f"{c.domain}:ppl_text"
+    for f in c.tasks:
         tasks[Path(f).stem] = data.load_jsonl_tasks(f)
         if not tasks[Path(f).stem]:
             raise ValueError(f"{f}: no examples")
         task_kind(Path(f).stem, tasks[Path(f).stem])   # classification or summaries, not a mix
-    if args.ppl_file:
-        ppl_text, corpus = Path(args.ppl_file).read_text(), args.ppl_file
-    device = torch.device(args.device) if args.device else model_mod.pick_device()
-    model = model_mod.load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
-    res = evaluate(model, tok, tasks, ppl_text, ppl_corpus=corpus, **eval_kw)
-    res.update(sparsity=sparsity_report(model), config=vars(args))
-    table = markdown_table([{"name": Path(args.model).name, "metrics": res["metrics"]}],
-                           list(res["metrics"]))
-    _write(args.out, res, table)
+    if c.ppl_file:
+        ppl_text, corpus = Path(c.ppl_file).read_text(), c.ppl_file
+    device = torch.device(c.device) if c.device else M.pick_device()
+    model = M.load_model(c.model, device=device, dtype=getattr(torch, c.dtype))
+    res = evaluate(model, tok, tasks, ppl_text, ppl_corpus=corpus, seqlen=c.seqlen,
+                   max_examples=c.max_examples or None, mode=c.mode, max_new_tokens=c.max_new_tokens,
+                   ppl_max_windows=c.ppl_max_windows or None)
+    res.update(sparsity=sparsity_report(model), config=dataclasses.asdict(c))
+    table = markdown_table([{"name": Path(c.model).name, "metrics": res["metrics"]}], list(res["metrics"]))
+    write(c.out, res, table)
     print(table)
+    return res
 
 
 if __name__ == "__main__":

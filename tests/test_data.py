@@ -102,14 +102,6 @@ def test_s10_batches_seeded_shuffle():
     assert [b[0].flatten().tolist() for b in data.batches(enc, 20, 0, 0, 0, shuffle=False)] == [list(range(3, 23))]
 
 
-def test_s10_pack_keeps_masks():
-    enc, _ = data.encode_all(CharTok(), [CLS] * 5, 64)
-    rows = data.pack(enc, 50)
-    assert all(len(i) <= 50 and len(i) == len(l) for i, l in rows)
-    assert sum(len(i) for i, _ in rows) == 5 * len(enc[0][0])
-    assert sum(l.count(IGNORE) for _, l in rows) == 5 * enc[0][1].count(IGNORE)
-
-
 def test_s10_calibration_windows_seeded_offsets():
     tok = CharTok()
     text = "".join(chr(97 + i % 26) for i in range(500))
@@ -178,7 +170,7 @@ def test_s10_load_mednli(tmp_path):
     exs = data.load_mednli(p)
     _check(exs, 2)
     assert exs[0]["label"] == 0 and exs[1]["completion"] == " neutral"
-    data.main(["convert", "mednli", str(p), str(tmp_path / "out.jsonl")])   # the CLI converter
+    data.main(["convert", "--format", "mednli", "--src", str(p), "--dst", str(tmp_path / "out.jsonl")])   # the CLI converter
     assert data.load_jsonl_tasks(tmp_path / "out.jsonl") == exs
     _jsonl(p, [row, {"sentence1": "a", "gold_label": "neutral"}])
     with pytest.raises(DataError, match=rf"{p}:2: field 'sentence2'"):

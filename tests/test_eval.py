@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+import compare  # noqa: E402
 import eval as ev  # noqa: E402
 
 TOL32 = 1e-5        # float32 logits
@@ -305,8 +306,8 @@ def test_sec9_cli_end_to_end(make_ckpt, tmp_path):
     ppl = tmp_path / "ppl.txt"
     ppl.write_text(" ".join(f"w{i % 50}" for i in range(70)))
     out = tmp_path / "out"
-    ev.main(["--model", str(ckpt), "--tasks", str(mc), str(sm), "--ppl-file", str(ppl),
-             "--seqlen", "16", "--max-new-tokens", "4", "--device", "cpu", "--out", str(out)])
+    ev.main(["--model", str(ckpt), "--tasks", str(mc), str(sm), "--ppl_file", str(ppl),
+             "--seqlen", "16", "--max_new_tokens", "4", "--device", "cpu", "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
     assert res["ppl"]["windows"] == 70 // 16 and res["tasks"]["mc"]["n"] == 3
     assert {"mc/accuracy", "sm/rougeL", "ppl"} <= set(res["metrics"])
@@ -326,9 +327,9 @@ def test_sec9_compare_hook(monkeypatch, tmp_path):
     dom = {"train": [], "ppl_text": "abc abd abe " * 4,
            "test": {"qa": [{"prompt": "is it", "completion": " yes",
                             "choices": [" yes", " no"], "label": 0}] * 2}}
-    monkeypatch.setitem(sys.modules, "train", types.SimpleNamespace(run=run))
-    monkeypatch.setitem(sys.modules, "data", types.SimpleNamespace(default_domain=lambda n: dom))
-    res = ev.compare("med", [0.5], methods=("dense_lora", "wanda_lora", "efx_published"),
+    monkeypatch.setattr(compare.train, "run", run)
+    monkeypatch.setattr(compare.data, "default_domain", lambda n: dom)
+    res = compare.compare("med", [0.5], methods=("dense_lora", "wanda_lora", "efx_published"),
                      out=tmp_path, seqlen=8, log=lambda *_: None)
     assert [(c["method"], c["sparsity"], c.get("pbs"), c.get("reconstruct")) for c in calls] == [
         ("dense", 0.0, None, None), ("wanda", 0.5, None, None), ("efx", 0.5, True, "none")]

@@ -232,17 +232,18 @@ CLI_CASES = [
     ("prune-pickle-only", "prune.py", PRUNE + " --model {pickle_only}", 1, r"only safetensors"),
     ("prune-truncated", "prune.py", PRUNE + " --model {truncated}", 1,
      r"model\.safetensors: not a valid safetensors file"),
-    # -- eval.py
+    # -- eval.py, compare.py
     ("eval-model-missing", "eval.py", EVAL + " --model {dir}/nowhere", 1,
-     r"--model: path '.*nowhere' does not exist"),
+     r"model: path '.*nowhere' does not exist"),
     ("eval-tasks-missing", "eval.py", EVAL + " --tasks {dir}/no.jsonl", 1,
-     r"--tasks: path '.*no\.jsonl' does not exist"),
-    ("eval-mode", "eval.py", EVAL + " --mode vote", 2, r"argument --mode: invalid choice: 'vote'"),
-    ("eval-seqlen", "eval.py", EVAL + " --seqlen 1", 1, r"--seqlen must be >= 2, got 1"),
-    ("eval-max-examples", "eval.py", EVAL + " --max-examples 0", 1,
-     r"--max-examples must be >= 1, got 0"),
-    ("eval-compare-sparsity", "eval.py", "--compare --domain med --sparsity 0.5 1.0 --out {dir}/cmp", 1,
-     r"--sparsity values must be in \[0, 1\), got \[0\.5, 1\.0\]"),
+     r"tasks: path '.*no\.jsonl' does not exist"),
+    ("eval-mode", "eval.py", EVAL + " --mode vote", 1, r"mode='vote', expected one of"),
+    ("eval-seqlen", "eval.py", EVAL + " --seqlen 1", 1, r"need seqlen >= 2, .*got 1"),
+    ("eval-max-examples", "eval.py", EVAL + " --max_examples -1", 1,
+     r"max_examples and ppl_max_windows >= 0, .*got 16, -1"),
+    ("eval-flag-typo", "eval.py", EVAL + " --max-examples 3", 2, r"unrecognized arguments: --max-examples"),
+    ("compare-sparsity", "compare.py", "--domain med --sparsity 0.5 1.0 --out {dir}/cmp", 1,
+     r"sparsity values must be in \[0, 1\), got \[0\.5, 1\.0\]"),
     ("eval-vocab", "eval.py", EVAL + " --model {bigvocab}", 1,
      r"160 tokens do not fit the model's vocab_size=128"),
     ("eval-tasks-bad-line", "eval.py", EVAL + " --tasks {badline}", 1,
@@ -258,13 +259,13 @@ CLI_CASES = [
 CLI_OK = [
     ("train-untrusted-dir", "train.py", TRAIN + " --model {evil} --method wanda"),
     ("prune-untrusted-dir", "prune.py", PRUNE + " --model {evil} --save {dir}/prune_saved"),
-    ("eval-untrusted-dir", "eval.py", EVAL + " --model {evil} --ppl-file {calib}"),
+    ("eval-untrusted-dir", "eval.py", EVAL + " --model {evil} --ppl_file {calib}"),
 ]
 
 DRIVER = """\
 import json, os, runpy, sys
 sys.path.insert(0, {repo!r})
-import torch, data, efx, eval, model, prune, train       # imported once; each case forks from here
+import torch, compare, data, efx, eval, model, prune, train       # imported once; each case forks from here
 with torch.device("meta"):     # load_model's first meta-device init imports torch._dynamo
     torch.nn.Embedding(2, 2)   # (~1.5 s): done once here too
 codes = []
