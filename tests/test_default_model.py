@@ -40,7 +40,7 @@ def heldout_english(n=60) -> str:
     return "\n\n".join(summaries[title]["extract"] for title in sorted(summaries)[-n:])
 
 
-def test_unpermute_undoes_llamacpp_rope_permutation():
+def test_s2_unpermute_undoes_llamacpp_rope_permutation():
     """llama.cpp's converter permutes q/k rows so that its interleaved RoPE (pairs 2i, 2i+1)
     equals HF's rotate-half RoPE (pairs i, i+d/2). Un-permuting must recover HF's rows, and
     interleaved RoPE on GGUF rows must equal rotate-half RoPE on ours, row-permuted."""
@@ -64,13 +64,13 @@ def test_unpermute_undoes_llamacpp_rope_permutation():
     assert torch.allclose(rot_gg.transpose(-1, -2).reshape(T, n_heads, d), rot_hf, atol=1e-5)
 
 
-def test_incomplete_dir_is_not_taken_as_converted(tmp_path):
+def test_s2_incomplete_dir_is_not_taken_as_converted(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileExistsError, match="model.safetensors"):
         convert_gguf(tmp_path / "absent.gguf", tmp_path)
 
 
-def test_conversion_writes_a_loadable_hf_dir(smollm2_dir, smollm2):
+def test_s2_conversion_writes_a_loadable_hf_dir(smollm2_dir, smollm2):
     for fname in CONVERTED:
         assert (smollm2_dir / fname).is_file(), f"{fname} missing in {smollm2_dir}"
     cfg = json.loads((smollm2_dir / "config.json").read_text())
@@ -89,7 +89,7 @@ def test_conversion_writes_a_loadable_hf_dir(smollm2_dir, smollm2):
     assert convert_gguf(smollm2_dir.parent / "absent.gguf", smollm2_dir) == smollm2_dir
 
 
-def test_tokenizer_round_trip(smollm2):
+def test_s2_tokenizer_round_trip(smollm2):
     _, tok = smollm2
     texts = ["The quick brown fox jumps over the lazy dog.",
              "  two leading spaces,\ttabs\nand newlines  ",
@@ -105,7 +105,7 @@ def test_tokenizer_round_trip(smollm2):
 
 
 @torch.no_grad()
-def test_perplexity_on_heldout_english_below_30(smollm2):
+def test_s2_perplexity_on_heldout_english_below_30(smollm2):
     """Right q/k layout: ~14 (measured 13.96 on 8 windows); a wrong one is far above 100."""
     model, tok = smollm2
     ids = torch.tensor(tok.encode(heldout_english()))
@@ -120,7 +120,7 @@ def test_perplexity_on_heldout_english_below_30(smollm2):
 
 
 @torch.no_grad()
-def test_greedy_generation_is_sensible(smollm2):
+def test_s2_greedy_generation_is_sensible(smollm2):
     model, tok = smollm2
     prompt = tok.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                         "<|im_start|>assistant\n")

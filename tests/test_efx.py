@@ -553,7 +553,7 @@ def assert_restored(model, before):
         assert torch.equal(m.lora_A, a0) and torch.equal(m.lora_B, b0), n
 
 
-def test_calibration_hooks_removed_after_error(make_model):
+def test_s3_calibration_hooks_removed_after_error(make_model):
     model = lora_model(make_model)
     before = adapter_state(model)
     cos, sin = model.rope(16, "cpu")
@@ -580,7 +580,7 @@ def test_s3_block_runs_on_its_forward_weight_then_restores(make_model):
     assert_restored(model, before)
 
 
-def test_layer_sequential_pruned_block_feeds_next(make_model):
+def test_s3_layer_sequential_pruned_block_feeds_next(make_model):
     model, ids = lora_model(make_model), calib()
     dense0 = copy.deepcopy(model.model.layers[0])
     seen = []
@@ -690,7 +690,7 @@ def test_e14_pbs_in_driver_moves_pruned_coordinates(make_model, monkeypatch, var
     assert torch.equal(mod.weight != 0, keep) or not (mod.weight[~keep] != 0).any()
 
 
-def test_prune_argument_checks(make_model):
+def test_s3_prune_argument_checks(make_model):
     model, ids = make_model(), calib()
     bad = [dict(method="nope"), dict(sparsity=1.0), dict(nm="4:4"), dict(nm="3:5"), dict(nm="x"),
            dict(method="foresight", foresight_variant="x"), dict(method="sparsegpt", pbs=True),
@@ -706,7 +706,7 @@ def test_prune_argument_checks(make_model):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_prune_cuda_matches_cpu(make_model):
+def test_s3_prune_cuda_matches_cpu(make_model):
     masks = []
     for dev in ("cpu", "cuda"):
         model = lora_model(make_model).to(dev)
@@ -716,7 +716,7 @@ def test_prune_cuda_matches_cpu(make_model):
     assert agree > 0.99 and rep["peak_mem_kind"] == "cuda max allocated"
 
 
-def test_cli_one_shot_on_tiny_checkpoint(tiny_ckpt, tmp_path):
+def test_s3_cli_one_shot_on_tiny_checkpoint(tiny_ckpt, tmp_path):
     import json
     ckpt, _ = tiny_ckpt
     g = torch.Generator().manual_seed(0)

@@ -85,7 +85,7 @@ class CharTok:
 
 # ----------------------------------------------------------------------------- perplexity
 
-def test_sec9_ppl_uniform_equals_vocab():
+def test_s9_ppl_uniform_equals_vocab():
     V = 37
     ids = torch.randint(0, V, (100,), generator=torch.Generator().manual_seed(0))
     assert abs(ev.perplexity(Uniform(V), ids, seqlen=16, batch_size=4) - V) < TOL32 * V
@@ -95,7 +95,7 @@ def test_sec9_ppl_uniform_equals_vocab():
     assert rec["corpus"] == "rand" and rec["dtype"] == "float32"
 
 
-def test_sec9_ppl_hand_and_remainder_dropped():
+def test_s9_ppl_hand_and_remainder_dropped():
     P = [[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]
     m = Bigram(P)
     # windows [0,1,2] and [2,2,0]; the trailing 1 is dropped.
@@ -110,7 +110,7 @@ def test_sec9_ppl_hand_and_remainder_dropped():
 
 # ----------------------------------------------------------------------------- choices
 
-def test_sec9_choice_loglik_hand_and_known_answer():
+def test_s9_choice_loglik_hand_and_known_answer():
     P = [[0.1, 0.6, 0.2, 0.1], [0.1, 0.1, 0.7, 0.1], [0.25] * 4, [0.4, 0.3, 0.2, 0.1]]
     m = Bigram(P)
     # prompt [0]; choice A = [1, 2]: log P[0][1] + log P[1][2] = log .6 + log .7 = log .42
@@ -127,7 +127,7 @@ def test_sec9_choice_loglik_hand_and_known_answer():
     assert res["accuracy"] == 1.0 and res["macro_f1"] == 1.0
 
 
-def test_sec9_batched_choices_equal_unbatched():
+def test_s9_batched_choices_equal_unbatched():
     tok = CharTok()
     m = CumSum(tok.vocab_size)
     prompt = "question: is the sky blue? answer:"
@@ -141,7 +141,7 @@ def test_sec9_batched_choices_equal_unbatched():
     assert abs(a - logp[2].item()) < TOL32
 
 
-def test_sec9_batched_choices_tiny_transformer(make_model):
+def test_s9_batched_choices_tiny_transformer(make_model):
     # the real model: prompt once, choices continued from its KV cache copied to C rows
     m = make_model(seed=3).double()
     with torch.no_grad():                     # sharper than the 0.02 init, so choices differ
@@ -157,7 +157,7 @@ def test_sec9_batched_choices_tiny_transformer(make_model):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_sec9_batched_choices_cuda_bf16(make_model):
+def test_s9_batched_choices_cuda_bf16(make_model):
     # bf16 on the GPU: cached (SDPA with an explicit mask) vs full causal forward may differ
     # by bf16 rounding of the activations; log-softmax itself runs in float32
     m = make_model(seed=3).to("cuda", torch.bfloat16)
@@ -169,7 +169,7 @@ def test_sec9_batched_choices_cuda_bf16(make_model):
     assert ev.perplexity(m, ids, 64) == pytest.approx(ev.perplexity(m.float(), ids, 64), rel=0.02)
 
 
-def test_sec9_macro_f1_hand():
+def test_s9_macro_f1_hand():
     # class 0: TP 1 (i0), FP 1 (i1), FN 1 (i5)   -> 2/(2+1+1) = 1/2
     # class 1: TP 1 (i2), FP 0,      FN 1 (i1)   -> 2/(2+0+1) = 2/3
     # class 2: TP 2 (i3,i4), FP 1 (i5), FN 0     -> 4/(4+1+0) = 4/5
@@ -183,7 +183,7 @@ def test_sec9_macro_f1_hand():
 
 # ----------------------------------------------------------------------------- generation
 
-def test_sec9_parse_answer():
+def test_s9_parse_answer():
     yn = ["yes", "no", "maybe"]
     assert ev.parse_answer(" yes, because the trial shows it", yn) == 0
     assert ev.parse_answer("No.", yn) == 1
@@ -201,7 +201,7 @@ def test_sec9_parse_answer():
     assert ev.parse_answer("Holding that the claim is barred.", hold) == 1  # longest prefix
 
 
-def test_sec9_generate_mode_counts_unparsable_wrong():
+def test_s9_generate_mode_counts_unparsable_wrong():
     tok = CharTok()
     exs = [{"prompt": "q?", "choices": ["yes", "no", "maybe"], "label": y} for y in (0, 1, 2)]
     m = Scripted(tok, ["yes", "hmm", "maybe."])
@@ -213,7 +213,7 @@ def test_sec9_generate_mode_counts_unparsable_wrong():
 
 # ----------------------------------------------------------------------------- ROUGE
 
-def test_sec9_rouge_hand():
+def test_s9_rouge_hand():
     # p = the cat sat on the mat, r = the cat is on the mat (6 tokens each, punctuation gone)
     # ROUGE-1: overlap the:min(2,2) + cat + on + mat = 5 -> P = R = 5/6
     # ROUGE-2: p {the cat, cat sat, sat on, on the, the mat}, r {the cat, cat is, is on,
@@ -236,7 +236,7 @@ def test_sec9_rouge_hand():
 
 # ----------------------------------------------------------------------------- % of dense
 
-def test_sec9_relative_performance():
+def test_s9_relative_performance():
     # acc 0.5 / 0.625 = 0.8; ppl inverted 16 / 20 = 0.8; rougeL 0.3 / 0.2 = 1.5
     # mean (0.8 + 0.8 + 1.5) / 3 x 100 = 103.33...; "x/f1" absent on the method side
     r = ev.relative_performance({"a/accuracy": 0.5, "ppl": 20.0, "s/rougeL": 0.3},
@@ -248,7 +248,7 @@ def test_sec9_relative_performance():
 
 # ----------------------------------------------------------------------------- evaluate
 
-def test_sec9_evaluate_dispatch_and_greedy():
+def test_s9_evaluate_dispatch_and_greedy():
     tok = CharTok()
     m = CumSum(tok.vocab_size, seed=1)
     tasks = {"qa": [{"prompt": "is it? ", "completion": "yes", "choices": ["yes", "no"],
@@ -267,7 +267,7 @@ def test_sec9_evaluate_dispatch_and_greedy():
         ev.evaluate(m, tok, {"bad": [{"prompt": "a", "completion": "b"}]}, log=lines.append)
 
 
-def test_sec9_markdown_table():
+def test_s9_markdown_table():
     t = ev.markdown_table([{"name": "dense", "metrics": {"ppl": 12.5}, "rel": 100.0}], ["ppl"])
     assert t.splitlines()[0] == "| method | ppl | % of dense |"
     assert t.splitlines()[2] == "| dense | 12.5000 | 100.0 |"
@@ -275,7 +275,7 @@ def test_sec9_markdown_table():
 
 # ----------------------------------------------------------------------------- report, CLI
 
-def test_sec9_sparsity_report(make_model):
+def test_s9_sparsity_report(make_model):
     m = make_model()
     with torch.no_grad():
         q = m.model.layers[0].self_attn.q_proj.weight          # (64, 64): 2:4 by hand
@@ -293,7 +293,7 @@ def test_sec9_sparsity_report(make_model):
     assert ev.sparsity_report(m)["nm_valid"] is None
 
 
-def test_sec9_cli_end_to_end(make_ckpt, tmp_path):
+def test_s9_cli_end_to_end(make_ckpt, tmp_path):
     pytest.importorskip("data")
     import json
     ckpt, _ = make_ckpt()                     # word-level tokenizer: w0 .. w124
@@ -315,7 +315,7 @@ def test_sec9_cli_end_to_end(make_ckpt, tmp_path):
     assert (out / "results.md").read_text().startswith("| method | mc/accuracy")
 
 
-def test_sec9_compare_hook(monkeypatch, tmp_path):
+def test_s9_compare_hook(monkeypatch, tmp_path):
     """compare() against the assumed train.run(cfg) -> {"model": ...} interface."""
     tok = CharTok()
     calls = []
@@ -338,7 +338,7 @@ def test_sec9_compare_hook(monkeypatch, tmp_path):
     assert "% of dense" in (tmp_path / "results.md").read_text()
 
 
-def test_sec9_prompt_ids_bos_and_left_cut():
+def test_s9_prompt_ids_bos_and_left_cut():
     tok = types.SimpleNamespace(encode=lambda t, bos=False: [ord(c) for c in t], bos_id=1,
                                 add_bos=True)
     assert ev._prompt_ids(tok, "abc", None) == [1, 97, 98, 99]
@@ -348,7 +348,7 @@ def test_sec9_prompt_ids_bos_and_left_cut():
     assert ev._prompt_ids(tok, "", None) == [1]                # empty prompt: BOS as context
 
 
-def test_sec9_greedy_tiny_transformer_matches_argmax_loop(make_model):
+def test_s9_greedy_tiny_transformer_matches_argmax_loop(make_model):
     m = make_model(seed=1)
     with torch.no_grad():
         for p in m.parameters():

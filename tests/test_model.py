@@ -22,7 +22,7 @@ def _max_diff(a, b):
 
 
 # ------------------------------------------------------------------------ components
-def test_rmsnorm_matches_formula():
+def test_s2_rmsnorm_matches_formula():
     """SPEC 2: y = w * x / sqrt(mean(x^2) + eps), statistics in float32, result cast back."""
     norm = M.RMSNorm(64, eps=1e-6)
     with torch.no_grad():
@@ -36,7 +36,7 @@ def test_rmsnorm_matches_formula():
     assert yb.dtype == torch.bfloat16 and torch.equal(yb, refb)
 
 
-def test_rope_matches_2x2_rotation_per_frequency(tiny):
+def test_s2_rope_matches_2x2_rotation_per_frequency(tiny):
     """SPEC 2 rotate-half RoPE: the pair (x_i, x_{i+D/2}) rotates by pos * theta^(-2i/D)."""
     cfg = tiny()
     model = M.Transformer(cfg)
@@ -53,7 +53,7 @@ def test_rope_matches_2x2_rotation_per_frequency(tiny):
     assert torch.allclose(y, ref, atol=ATOL32), _max_diff(y, ref)
 
 
-def test_llama3_rope_scaling_matches_formula(tiny):
+def test_s2_llama3_rope_scaling_matches_formula(tiny):
     """SPEC 2 llama3 scaling: short wavelengths kept, long ones / factor, smooth blend between."""
     s = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
              original_max_position_embeddings=64)
@@ -98,7 +98,7 @@ def _attention_reference(attn, x, cos, sin):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gqa_sdpa_matches_per_head_masked_softmax(make_model, family):
+def test_s2_gqa_sdpa_matches_per_head_masked_softmax(make_model, family):
     """SPEC 1/2: query head h reads kv head floor(h/g); SDPA(is_causal) == masked softmax."""
     model = make_model(**FAMILIES[family])
     attn = model.model.layers[0].self_attn
@@ -109,7 +109,7 @@ def test_gqa_sdpa_matches_per_head_masked_softmax(make_model, family):
     assert torch.allclose(got, ref, atol=ATOL32), _max_diff(got, ref)
 
 
-def test_sdpa_with_cache_offset_matches_masked_softmax(make_model):
+def test_s2_sdpa_with_cache_offset_matches_masked_softmax(make_model):
     """A chunk of 3 queries after 4 cached positions sees keys 0 .. 4+i (the offset mask)."""
     model = make_model()
     attn = model.model.layers[0].self_attn
@@ -126,7 +126,7 @@ def test_sdpa_with_cache_offset_matches_masked_softmax(make_model):
 # -------------------------------------------------------------------- checkpoint I/O
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("tied", [False, True])
-def test_save_load_identical_logits(make_ckpt, family, tied):
+def test_s2_save_load_identical_logits(make_ckpt, family, tied):
     """SPEC 2: save_model -> load_model reproduces the logits exactly; a tied head is stored
     once (no lm_head.weight, HF convention) and comes back tied."""
     path, model = make_ckpt(**{**FAMILIES[family], "tie_word_embeddings": tied})
@@ -145,7 +145,7 @@ def test_save_load_identical_logits(make_ckpt, family, tied):
     assert loaded.path == path
 
 
-def test_sharded_load_equals_single_file(tiny_ckpt):
+def test_s2_sharded_load_equals_single_file(tiny_ckpt):
     """SPEC 2: shards + model.safetensors.index.json load like one model.safetensors."""
     single, model = tiny_ckpt
     sharded = single.parent / "sharded"
@@ -164,7 +164,7 @@ def test_sharded_load_equals_single_file(tiny_ckpt):
         assert torch.equal(M.load_model(single)(ids), M.load_model(sharded)(ids))
 
 
-def test_bf16_load_works(tiny_ckpt):
+def test_s2_bf16_load_works(tiny_ckpt):
     path, model = tiny_ckpt
     m16 = M.load_model(path, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in m16.parameters())
@@ -175,7 +175,7 @@ def test_bf16_load_works(tiny_ckpt):
     assert torch.allclose(l16.float(), l32, atol=ATOL_BF16), _max_diff(l16, l32)
 
 
-def test_both_config_dialects_load_alike(tiny):
+def test_s2_both_config_dialects_load_alike(tiny):
     """SPEC 2: top-level rope_theta/rope_scaling/torch_dtype == rope_parameters/dtype."""
     s = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
              original_max_position_embeddings=64)
@@ -199,7 +199,7 @@ _BAD_CONFIGS = {                    # field -> (config.json change, words the er
 
 
 @pytest.mark.parametrize("case", _BAD_CONFIGS)
-def test_loader_rejects_unsupported_config(tiny_ckpt, case):
+def test_s2_loader_rejects_unsupported_config(tiny_ckpt, case):
     path, _ = tiny_ckpt
     change, words = _BAD_CONFIGS[case]
     cfg = json.loads((path / "config.json").read_text())
@@ -214,21 +214,21 @@ def _rewrite_weights(path, fn):
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
-def test_loader_names_missing_tensor(tiny_ckpt):
+def test_s2_loader_names_missing_tensor(tiny_ckpt):
     path, _ = tiny_ckpt
     _rewrite_weights(path, lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(ValueError, match=r"missing tensors \['model.layers.1.mlp.up_proj.weight'"):
         M.load_model(path)
 
 
-def test_loader_names_unexpected_tensor(tiny_ckpt):
+def test_s2_loader_names_unexpected_tensor(tiny_ckpt):
     path, _ = tiny_ckpt
     _rewrite_weights(path, lambda s: s.update({"model.layers.0.extra.weight": torch.zeros(2)}))
     with pytest.raises(ValueError, match=r"unexpected tensors \['model.layers.0.extra.weight'"):
         M.load_model(path)
 
 
-def test_loader_names_wrong_shape(tiny_ckpt):
+def test_s2_loader_names_wrong_shape(tiny_ckpt):
     path, _ = tiny_ckpt
     name = "model.layers.0.self_attn.k_proj.weight"
     _rewrite_weights(path, lambda s: s.update({name: torch.zeros(64, 64)}))
@@ -236,7 +236,7 @@ def test_loader_names_wrong_shape(tiny_ckpt):
         M.load_model(path)
 
 
-def test_tokenizer_ids_from_config_files(tiny_ckpt):
+def test_s2_tokenizer_ids_from_config_files(tiny_ckpt):
     path, _ = tiny_ckpt
     tok = M.load_tokenizer(path)
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 2, 0, 128)
@@ -251,7 +251,7 @@ def test_tokenizer_ids_from_config_files(tiny_ckpt):
 
 # ------------------------------------------------------------------------ generation
 @pytest.mark.parametrize("family", FAMILIES)
-def test_kv_cache_greedy_equals_no_cache_argmax_loop(make_model, family):
+def test_s2_kv_cache_greedy_equals_no_cache_argmax_loop(make_model, family):
     model = make_model(**FAMILIES[family])
     prompt = torch.randint(3, 128, (2, 5))
     got = model.generate(prompt, max_new_tokens=8, eos_id=[])
@@ -262,7 +262,7 @@ def test_kv_cache_greedy_equals_no_cache_argmax_loop(make_model, family):
     assert torch.equal(got, ref)
 
 
-def test_sampling_same_seed_identical(make_model):
+def test_s2_sampling_same_seed_identical(make_model):
     model = make_model()
     prompt = torch.randint(3, 128, (2, 4))
     kw = dict(max_new_tokens=10, temperature=1.5, top_k=20, top_p=0.9, eos_id=[])
@@ -275,7 +275,7 @@ def test_sampling_same_seed_identical(make_model):
     assert torch.equal(one, model.generate(prompt, 10, eos_id=[]))
 
 
-def test_generation_stops_at_eos(make_model):
+def test_s2_generation_stops_at_eos(make_model):
     model = make_model()
     prompt = torch.randint(3, 128, (1, 4))
     free = model.generate(prompt, 6, eos_id=[])
@@ -333,7 +333,7 @@ def test_e0_masked_merge_keeps_every_masked_zero(make_model):
         assert torch.allclose(m.weight, wants[n], atol=ATOL32), n
 
 
-def test_peft_adapters_round_trip(make_model, tmp_path):
+def test_s2_peft_adapters_round_trip(make_model, tmp_path):
     model = _lora_model(make_model)
     M.save_adapters(model, tmp_path / "ad")
     cfg = json.loads((tmp_path / "ad/adapter_config.json").read_text())
@@ -349,7 +349,7 @@ def test_peft_adapters_round_trip(make_model, tmp_path):
         assert torch.equal(fresh(ids), model(ids))
 
 
-def test_save_model_refuses_unmerged_adapters(make_model, tmp_path):
+def test_s2_save_model_refuses_unmerged_adapters(make_model, tmp_path):
     model = _lora_model(make_model)
     with pytest.raises(ValueError, match="unmerged LoRA adapter"):
         M.save_model(model, tmp_path / "x")
@@ -359,7 +359,7 @@ def test_save_model_refuses_unmerged_adapters(make_model, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_load_and_generate_match_cpu(tiny_ckpt):
+def test_s2_cuda_load_and_generate_match_cpu(tiny_ckpt):
     """Same checkpoint on CUDA: logits agree with CPU; a CPU generator samples the same tokens."""
     path, model = tiny_ckpt
     gpu = M.load_model(path, device="cuda")

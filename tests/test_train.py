@@ -333,7 +333,7 @@ def test_s8_ddp_gloo_two_ranks_match_single_process(base, tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 
-def test_cli_precedence_defaults_preset_config_flags(tmp_path):
+def test_s8_cli_precedence_defaults_preset_config_flags(tmp_path):
     """defaults < --preset < --config < flags."""
     conf = tmp_path / "run.json"
     conf.write_text(json.dumps({"epochs": 5, "lora_r": 4, "pbs": False}))
@@ -362,7 +362,7 @@ def test_cli_precedence_defaults_preset_config_flags(tmp_path):
     ("batch_size", 3, "batch_size"),            # grad_accum 2 does not divide it
     ("typo_field", 1, "typo_field"),
 ])
-def test_cli_check_config_errors_name_the_field(field, value, words):
+def test_s8_cli_check_config_errors_name_the_field(field, value, words):
     values = {field: value, **({"grad_accum": 2} if field == "batch_size" else {})}
     with pytest.raises(ValueError, match=words):
         train.cli.make(train.TrainConfig, values)
