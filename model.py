@@ -160,48 +160,37 @@ def apply_rope(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-class LayerCache:
-    """Keys and values of one attention layer, in (B, H_kv, capacity, D) buffers written in
-    place (no copy of the past per token); capacity grows (doubling) when exceeded."""
-
-    def __init__(self, capacity: int = 0):
-        self.capacity, self.n, self.k, self.v = capacity, 0, None, None
-
-    def __len__(self):
-        return self.n
-
-    def update(self, k, v):
-        """Append k, v (B, H_kv, T, D); return all keys and values so far, (B, H_kv, n, D)
-        views. A one-row cache widens to B rows: a prompt shared by B continuations (eval.py)."""
-        n = self.n + k.shape[2]
-        if self.k is None or n > self.k.shape[2] or k.shape[0] != self.k.shape[0]:
-            self.capacity = max(n, self.capacity, 2 * self.n)
-            shape, pk, pv = (k.shape[0], k.shape[1], self.capacity, k.shape[3]), self.k, self.v
-            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-            if self.n:                       # copy the past (a one-row past broadcasts)
-                self.k[:, :, :self.n], self.v[:, :, :self.n] = pk[:, :, :self.n], pv[:, :, :self.n]
-        self.k[:, :, self.n:n], self.v[:, :, self.n:n] = k, v
-        self.n = n
-        return self.k[:, :, :n], self.v[:, :, :n]
-
-
 class KVCache:
-    """One LayerCache per block (`.layers`); `seq_len` = positions already cached. Give the
-    capacity (prompt + new tokens) when known: the buffers are then allocated once."""
+    """Keys and values of every block, in (B, H_kv, capacity, D) buffers written in place (no
+    copy of the past per token); capacity: prompt + new tokens when known, else grown."""
 
     def __init__(self, num_layers: int, capacity: int = 0):
-        self.layers = [LayerCache(capacity) for _ in range(num_layers)]
+        self.capacity, self.kv, self.lens = capacity, [None] * num_layers, [0] * num_layers
 
     @property
-    def seq_len(self) -> int:
-        return len(self.layers[0])
+    def seq_len(self) -> int:                # positions held
+        return self.lens[0]
+
+    def update(self, i, k, v):
+        """Append block i's k, v (B, H_kv, T, D); return its keys and values so far, views
+        (B, H_kv, n, D). A one-row cache widens to B rows: one prompt, B continuations (eval)."""
+        p, n, old = self.lens[i], self.lens[i] + k.shape[2], self.kv[i]
+        if old is None or n > old[0].shape[2] or k.shape[0] != old[0].shape[0]:
+            self.capacity = max(n, self.capacity, 2 * p)
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.kv[i] = (k.new_empty(shape), v.new_empty(shape))
+            for new, past in zip(self.kv[i], old if p else ()):    # a one-row past broadcasts
+                new[:, :, :p] = past[:, :, :p]
+        for buf, x in zip(self.kv[i], (k, v)):
+            buf[:, :, p:n] = x
+        self.lens[i] = n
+        return self.kv[i][0][:, :, :n], self.kv[i][1][:, :, :n]
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout (zero with probability p, else scale by 1 / (1 - p)). On CPU the zeros are
-    placed by drawing the gaps between them (geometric: P(gap = g) = (1-p)^(g-1) p), about
-    p * numel uniform numbers instead of numel: torch's per-element Bernoulli took 14 % of a
-    SmolLM2 LoRA step at p = 0.05 (0.86 of 5.96 s). Same distribution, another random stream."""
+    """nn.Dropout; on CPU the zeros are placed by drawing the gaps between them (geometric,
+    P(gap = g) = (1-p)^(g-1) p): ~p * numel random numbers, not numel. Same distribution,
+    another random stream; torch's Bernoulli took 14 % of a SmolLM2 LoRA step at p = 0.05."""
 
     def forward(self, x):
         if not self.training or x.device.type != "cpu":
@@ -209,8 +198,7 @@ class Dropout(nn.Dropout):
         y, n, p, last = x.contiguous() * (1 / (1 - self.p)), x.numel(), self.p, -1
         while last < n:                      # until the gaps pass the end (rarely twice)
             u = 1 - torch.rand(int(n * p + 6 * (n * p) ** 0.5) + 16)          # (0, 1]
-            gaps = (u.log_() / math.log1p(-p)).clamp_(max=n).long() + 1        # >= 1
-            pos = gaps.cumsum_(0) + last                                        # zeroed entries
+            pos = ((u.log_() / math.log1p(-p)).clamp_(max=n).long() + 1).cumsum_(0) + last
             last = int(pos[-1])
             y.view(-1)[pos[pos < n]] = 0
         return y
@@ -273,8 +261,9 @@ class LoRALinear(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, layer_idx: int = 0):
         super().__init__()
+        self.layer_idx = layer_idx           # its place in a KVCache
         self.nh, self.nkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         bias, H = cfg.attention_bias, cfg.hidden_size
         self.q_proj = LoRALinear(H, self.nh * self.hd, bias)
@@ -285,7 +274,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache: LayerCache | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hd)
         k = self.k_proj(x).view(B, T, self.nkv, self.hd)
@@ -295,15 +284,15 @@ class Attention(nn.Module):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         q = apply_rope(q.transpose(1, 2), cos, sin)                         # (B, H, T, D)
         k = apply_rope(k.transpose(1, 2), cos, sin)                         # (B, Hkv, T, D)
-        past = 0 if cache is None else len(cache)
+        past = 0 if cache is None else cache.lens[self.layer_idx]
         if cache is not None:
-            k, v = cache.update(k, v)                                       # (B, Hkv, past+T, D)
-        # GQA: query head h reads kv head floor(h / g); enable_gqa does it without copying
-        # k and v to every query head (repeat_interleave: ~84 ms per SmolLM2 train step).
+            k, v = cache.update(self.layer_idx, k, v)                       # (B, Hkv, past+T, D)
         mask = None                          # past == 0: causal; T == 1: sees every key
         if past and T > 1:                   # query i sits at position past + i: keys <= it
-            mask = (torch.arange(k.shape[2], device=x.device)[None, :]
-                    <= past + torch.arange(T, device=x.device)[:, None])     # (T, T_k)
+            pos = torch.arange(past + T, device=x.device)
+            mask = pos <= pos[past:, None]                                  # (T, past + T)
+        # GQA: query head h reads kv head floor(h / g); enable_gqa does it without copying
+        # k and v to every query head (repeat_interleave: ~84 ms per SmolLM2 train step).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1,
                                            enable_gqa=self.nh != self.nkv)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
@@ -321,14 +310,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, layer_idx: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache: LayerCache | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
         """x (B, T, hidden); cos, sin (T, head_dim) from Transformer.rope."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -341,7 +330,7 @@ class Transformer(nn.Module):
         self.config, self.path = config, None          # path: set by load_model
         self.model = nn.ModuleDict(dict(                # HF's `model.model`
             embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
-            layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
+            layers=nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers)),
             norm=RMSNorm(config.hidden_size, config.rms_norm_eps)))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         for m in self.modules():             # HF init (initializer_range 0.02); free on meta
@@ -365,9 +354,9 @@ class Transformer(nn.Module):
         A KVCache is filled in place; positions continue after what it holds."""
         x = self.model.embed_tokens(input_ids)                             # (B, T, hidden)
         start_pos = 0 if cache is None else cache.seq_len
-        cos, sin = (t.to(x.dtype) for t in self.rope(input_ids.shape[1], x.device, start_pos))
-        for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, None if cache is None else cache.layers[i])
+        cos, sin = self.rope(input_ids.shape[1], x.device, start_pos)
+        for block in self.model.layers:
+            x = block(x, cos, sin, cache)
         return self.model.norm(x)
 
     def forward(self, input_ids, cache: KVCache | None = None, labels=None, n_tokens=1):
@@ -411,39 +400,37 @@ class Transformer(nn.Module):
 
 
 class _CompletionCE(torch.autograd.Function):
-    """sum_i CE(W h_i, t_i) over chunks of positions: each chunk's (chunk, vocab) logits
-    exist only inside its loop step. The gradient is d/dh = (softmax - onehot) W, computed
-    in the forward pass (the loss is a leaf of the graph): backward only scales it."""
+    """Sum of CE(W h_i, t_i) chunk by chunk, W frozen. d/dh = softmax(W h) W - W_t is computed
+    here (the loss ends the graph), so backward only scales it: two lm_head matmuls where the
+    obvious form, checkpointed chunks, takes three (SmolLM2, 4 x 256 tokens all supervised:
+    5.4 s a LoRA step instead of 6.9 s)."""
 
     @staticmethod
     def forward(ctx, h, weight, target, chunk):
         loss = torch.zeros((), device=h.device)
         gh = torch.empty_like(h) if ctx.needs_input_grad[0] else None             # (N, hidden)
-        gw = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        for i in range(0, h.shape[0], chunk):
+        for i in range(0, len(h), chunk):
             hc, tc = h[i:i + chunk], target[i:i + chunk]
             z = (hc @ weight.T).float()                                     # (c, vocab) logits
             zmax, zt = z.amax(-1, keepdim=True), z.gather(1, tc[:, None])
             e = z.sub_(zmax).exp_()                                         # in place
             s = e.sum(-1, keepdim=True)                                     # softmax = e / s
             loss += (s.log() + zmax - zt).sum()                             # logsumexp - z_t
-            if gh is not None:                                              # softmax W - W_t
+            if gh is not None:
                 gh[i:i + chunk] = (e.to(weight.dtype) @ weight) / s - weight[tc]
-            if gw is not None:                                              # lm_head trained
-                gw += e.T @ (hc.float() / s)
-                gw.index_add_(0, tc, -hc.float())
-        ctx.save_for_backward(gh, None if gw is None else gw.to(weight.dtype))
+        ctx.save_for_backward(gh)
         return loss
 
     @staticmethod
     def backward(ctx, g):
-        return *(None if t is None else t * g.to(t.dtype) for t in ctx.saved_tensors), None, None
+        return ctx.saved_tensors[0] * g.to(ctx.saved_tensors[0].dtype), None, None, None
 
 
 def completion_ce(h, weight, target, chunk=None):
-    """h (N, hidden), weight (vocab, hidden), target (N,) -> float32 sum of CE(W h_i, t_i),
-    the same as F.cross_entropy(h @ weight.T, target, reduction="sum") without ever holding
-    the (N, vocab) logits: chunks of 2^23 logits (32 MB float32) at a time."""
+    """h (N, hidden), weight (vocab, hidden), target (N,) -> float32 sum of CE(W h_i, t_i), in
+    chunks of 2^23 logits (32 MB float32): the (N, vocab) logits never exist at once."""
+    if weight.requires_grad:                 # lm_head trained too (not LoRA): the plain form
+        return F.cross_entropy((h @ weight.T).float(), target, reduction="sum")
     return _CompletionCE.apply(h, weight, target, chunk or max(1, 2**23 // weight.shape[0]))
 
 
@@ -593,9 +580,13 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
                 state[k] = t.to(device, dtype)
     model.load_state_dict(state, strict=False, assign=True)   # keys checked above
     model.tie_weights()
-    if torch.device(device).type == "cpu":  # same values, stored column-major: MKL's x W^T
-        for m in [model.lm_head] + [m for _, m in lora_modules(model)]:   # with one row of x
-            m.weight.data = m.weight.data.T.contiguous().T   # reads it 1.2-2x faster (issue 12)
+    if torch.device(device).type == "cpu":
+        # Own memory, not the file's mapping (one tensor left in it keeps all its pages); the
+        # matrices column-major: same values, but MKL's x W^T with one row of x (generation)
+        # reads them 1.2-2x faster on the reference machine (issue 12).
+        mats = {id(m.weight) for m in [model.lm_head] + [m for _, m in lora_modules(model)]}
+        for p in model.parameters():
+            p.data = p.data.T.contiguous().T if id(p) in mats else p.data.clone()
     model.path = path
     return model.eval()
 

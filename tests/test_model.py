@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -115,7 +116,7 @@ def test_s2_sdpa_with_cache_offset_matches_masked_softmax(make_model):
     attn = model.model.layers[0].self_attn
     x = torch.randn(1, 7, model.config.hidden_size)
     cos, sin = model.rope(7, "cpu")
-    cache = M.LayerCache()                   # what one Block receives from a KVCache
+    cache = M.KVCache(1)                     # layer 0's slot: what the block writes into
     with torch.no_grad():
         attn(x[:, :4], cos[:4], sin[:4], cache)
         got = attn(x[:, 4:], cos[4:], sin[4:], cache)
@@ -262,6 +263,32 @@ def test_s2_kv_cache_greedy_equals_no_cache_argmax_loop(make_model, family):
     assert torch.equal(got, ref)
 
 
+def test_s2_kv_cache_preallocated_written_in_place(make_model):
+    """Generation allocates each layer's buffers once (prompt + new tokens) and writes in
+    place; feeding a prompt in pieces, or past the capacity (growth), gives the full forward's
+    logits; a one-row prompt cache widens to C rows (eval.py's shared prompt)."""
+    model = make_model()
+    ids = torch.randint(3, 128, (2, 9))
+    cache, ptrs = M.KVCache(2, capacity=9), []
+    with torch.no_grad():
+        full = model(ids)
+        parts = []
+        for a, b in ((0, 4), (4, 5), (5, 9)):
+            parts.append(model(ids[:, a:b], cache))
+            ptrs.append([k.data_ptr() for k, _ in cache.kv])
+        assert ptrs[0] == ptrs[1] == ptrs[2] and cache.seq_len == 9
+        assert torch.allclose(torch.cat(parts, 1), full, atol=ATOL32), _max_diff(torch.cat(parts, 1), full)
+        grown = M.KVCache(2)                  # no capacity: grows
+        got = torch.cat([model(ids[:, i:i + 1], grown) for i in range(9)], 1)
+        assert torch.allclose(got, full, atol=ATOL32), _max_diff(got, full)
+        shared = M.KVCache(2, capacity=9)
+        model(ids[:1, :5], shared)            # one prompt, then two continuations
+        cont = torch.randint(3, 128, (2, 4))
+        got = model(cont, shared)
+        ref = model(torch.cat([ids[:1, :5].expand(2, -1), cont], 1))[:, 5:]
+        assert torch.allclose(got, ref, atol=ATOL32), _max_diff(got, ref)
+
+
 def test_s2_sampling_same_seed_identical(make_model):
     model = make_model()
     prompt = torch.randint(3, 128, (2, 4))
@@ -331,6 +358,67 @@ def test_e0_masked_merge_keeps_every_masked_zero(make_model):
     for n, m in M.lora_modules(model):
         assert not m.weight[~masks[n]].any(), n
         assert torch.allclose(m.weight, wants[n], atol=ATOL32), n
+
+
+def _full_logits_loss(model, ids, labels, n):
+    """The obvious form (train.py before issue 12): every position's logits, shifted."""
+    logits = model(ids)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                           ignore_index=M.IGNORE, reduction="sum") / n
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 5])
+@pytest.mark.parametrize("frozen_head", [True, False])
+def test_s8_loss_at_supervised_positions_equals_full_logits(make_model, chunk, frozen_head,
+                                                           monkeypatch):
+    """SPEC 8 completion-only loss: model(ids, labels=, n_tokens=) (labels shifted, lm_head and
+    CE only where a label is, in chunks) equals CE over all shifted logits / n, value and
+    gradient; prompt rows, padding, a row with no label at all and chunk edges included."""
+    ig = M.IGNORE
+    ids = torch.randint(3, 128, (3, 8))
+    labels = ids.clone()
+    labels[0, :3] = ig                       # prompt
+    labels[1] = ig                           # no supervised token at all
+    labels[2, :2], labels[2, 6:] = ig, ig    # prompt, then padding
+    n = int((labels[:, 1:] != ig).sum())
+    if chunk:                                # 7 positions: chunks of 3 and 5 leave a remainder
+        real = M.completion_ce
+        monkeypatch.setattr(M, "completion_ce", lambda *a: real(*a, chunk=chunk))
+    grads = []
+    for loss_fn in (_full_logits_loss, lambda m, *a: m(a[0], labels=a[1], n_tokens=a[2])):
+        model = _lora_model(make_model, seed=0)          # same weights, frozen base
+        model.lm_head.weight.requires_grad_(not frozen_head)
+        model.train()                        # dropout off (add_lora default): deterministic
+        loss = loss_fn(model, ids, labels, n)
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()
+                                      if p.requires_grad}))
+    (ref, gref), (got, ggot) = grads
+    assert torch.allclose(got, ref, atol=ATOL32), (got.item(), ref.item())
+    assert len(gref) == len(ggot) == 2 * 7 * 2 + (not frozen_head)
+    for k in gref:
+        assert torch.allclose(ggot[k], gref[k], atol=ATOL32), (k, _max_diff(ggot[k], gref[k]))
+    none = model(ids[1:2], labels=labels[1:2], n_tokens=1)   # nothing supervised: 0, no NaN
+    assert none.item() == 0.0
+
+
+def test_e0_lora_dropout_is_bernoulli_scaled(make_model):
+    """SPEC (E0) drop(x): each entry zero with probability p, else x / (1 - p), independently;
+    the gradient takes the same mask; eval mode is the identity; same seed, same mask."""
+    p, x = 0.1, torch.randn(400, 500, requires_grad=True)
+    drop = M.Dropout(p).train()
+    y = drop(x)
+    zero = y == 0
+    assert abs(zero.float().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / x.numel())
+    assert torch.allclose(y[~zero], x[~zero] / (1 - p))
+    rows = zero.float().mean(1)              # no structure along rows or columns
+    assert abs(rows.std().item() - math.sqrt(p * (1 - p) / 500)) < 0.004
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.allclose(x.grad, torch.where(zero, 0.0, g / (1 - p)))
+    assert torch.equal(drop.eval()(x), x)
+    seeded = [(torch.manual_seed(3), M.Dropout(p).train()(torch.ones(50, 60)))[1] for _ in "ab"]
+    assert torch.equal(*seeded)
 
 
 def test_s2_peft_adapters_round_trip(make_model, tmp_path):
