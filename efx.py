@@ -1,14 +1,14 @@
-"""efx.py: EfficientXpert pruning: calibration, criteria, masks, SparseGPT and PBS.
+"""efx.py: EfficientXpert pruning: calibration, criteria, masks, PBS and the pruning call.
 
-Implements SPEC sections 3-7 (equations E1-E14) on the model of model.py:
+Implements SPEC sections 3-8 (equations E1-E16) on the model of model.py:
   E1  column energy h from layer-sequential calibration hooks   -> calibrate_block(), prune()
   E2  magnitude, E3 Wanda, E5/E6 ForeSight (paper / reference-code form) -> *_score()
   E7  score average across pruning calls                         -> average_score()
   E8-E10 per-row, per-layer and N:M masks                        -> select_mask()
-  E11 SparseGPT (the baseline, kept bug-compatible)              -> sparsegpt_prune()
+  E11 SparseGPT (the baseline, kept bug-compatible)              -> sparsegpt_prune() (obs.py)
   E12-E14 Partial Brain Surgeon (update only the LoRA B)         -> pbs_update()
   E15 Gram PBS: B only, full H, survives the masked merge         -> gram_pbs_update()
-  E16 OBS reconstruction of the kept weights for a given mask     -> sparsegpt_prune(mask=)
+  E16 OBS reconstruction of the kept weights for a given mask     -> sparsegpt_prune(mask=) (obs.py)
 Pure matrix functions take (out, in) = (m, n) weights as torch stores them; "lower score
 is pruned first"; masks are bool with True = keep.
 

@@ -5,18 +5,12 @@
     python train.py --preset paper --model DIR --train task.jsonl --sparsity 0.5
     torchrun --nproc_per_node=2 train.py ...      # DistributedDataParallel on the adapters
 
-Methods (`--method`):
-  efx        EfficientXpert: LoRA training with intermediate ForeSight pruning calls (E6 or E5,
-             score averaging E7, compensation E12-E16) and a final call without averaging.
-  dense      LoRA only, merged at the end: the reference point for "% of dense".
-  wanda, sparsegpt, magnitude
-             LoRA + one-shot pruning, `--baseline_order after` (paper: LoRA -> merge -> prune)
-             or `both` (reference repo: prune -> LoRA -> merge -> prune again).
-
-Output in --out: the final model (HF layout, sparse, adapters merged), results.json (resolved
-config, versions, device, timings per stage, peak memory, sparsity report, losses, metrics),
-and `checkpoint.safetensors`, rewritten atomically at each epoch end; `--resume` continues
-from it and ends with exactly the weights an uninterrupted run gives.
+--method efx: LoRA with intermediate ForeSight calls (E5/E6, score average E7, compensation
+E12-E16) and a final call; dense: LoRA merged at the end (the 100 % of "% of dense"); wanda,
+sparsegpt, magnitude: LoRA -> merge -> prune (--baseline_order after, the paper) or prune ->
+LoRA -> merge -> prune (both, the reference repo). Output in --out: the final model (HF
+layout, sparse, merged), results.json (config, versions, timings, peak memory, sparsity,
+losses, metrics) and checkpoint.safetensors, replaced atomically each epoch (--resume).
 """
 import contextlib
 import dataclasses
@@ -28,6 +22,9 @@ import resource
 import time
 from pathlib import Path
 
+import numpy
+import safetensors
+import tokenizers
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
@@ -502,24 +499,21 @@ def _log(*a):
 
 
 def _versions():
-    import numpy, safetensors, tokenizers
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "safetensors": safetensors.__version__, "tokenizers": tokenizers.__version__}
+    return {"python": platform.python_version(), **{m.__name__: m.__version__ for m in
+                                                    (torch, numpy, safetensors, tokenizers)}}
 
 
 def _summary(r):
-    c = r["config"]
-    print(f"\n=== efx: {c['method']} at {c['sparsity']:.0%} on {c['train'] or c['domain']} "
-          f"({r['train_examples']} examples, {c['epochs']} epochs) ===")
-    s = r["sparsity"]["overall"]
-    print(f"sparsity over the seven maps: {s['sparsity']:.4f}   peak memory {r['peak_memory_gb']:.2f} GB "
-          f"({r['peak_memory_kind']})   total {r['times']['total_s']:.0f}s")
+    c, s = r["config"], r["sparsity"]["overall"]
+    what = "dense LoRA" if c["method"] == "dense" else f"{c['method']} at {c['sparsity']:.0%}"
+    print(f"\n=== efx: {what} on {c['train'] or c['domain']} ({r['train_examples']} examples, "
+          f"{c['epochs']} epochs) ===\nsparsity over the seven maps: {s['sparsity']:.4f}   peak memory "
+          f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']})   total {r['times']['total_s']:.0f}s")
     if "final" in r:
         start = r.get("dense_start", {}).get("metrics", {})
         print(f"{'metric':<32}{'dense start':>12}{'sparse expert':>15}")
         for k, v in r["final"]["metrics"].items():
-            a = start.get(k)
-            print(f"{k:<32}{(f'{a:.4f}' if a is not None else '-'):>12}{v:>15.4f}")
+            print(f"{k:<32}{(f'{start[k]:.4f}' if k in start else '-'):>12}{v:>15.4f}")
     print(f"model: {Path(c['out']) / 'model'}   results: {Path(c['out']) / 'results.json'}")
 
 
