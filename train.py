@@ -460,6 +460,7 @@ class Job:
                  f"lr {self.sched.get_last_lr()[0]:.2e} tok/s {self.tokens_seen / el:.0f} elapsed {el:.1f}s")
 
     def checkpoint(self, epoch):
+        self.times["train_s"] = time.time() - self.t_train      # after the last epoch: training
         if self.rank == 0:
             save_checkpoint(self.ckpt, self.model, self.opt, self.score_state,
                             {"epoch": epoch, "losses": self.losses, "prune_reports": self.prune_reports,
@@ -470,7 +471,6 @@ class Job:
     def finish(self, final):
         """Plain sparse model saved, evaluated, results.json written atomically."""
         model, results, times = self.model, self.results, self.times
-        times["train_s"] = time.time() - self.t_train
         for _, m in M.lora_modules(model):                 # the saved model is plain and sparse
             m.set_lora(0, 0)
         results["peak_memory_gb"] = peak_memory_gb(self.device)
