@@ -30,8 +30,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 import assets
 import cli
-
-IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+from model import IGNORE   # label of tokens that carry no loss (prompt, padding)
 
 
 class DataError(ValueError):

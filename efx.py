@@ -208,15 +208,6 @@ def _maps(block):
     return {n: getattr(block.self_attn if n in SEVEN_MAPS[:4] else block.mlp, n) for n in SEVEN_MAPS}
 
 
-def _effective(mod, lora_scale=True):
-    """W + s B A in float32 (s -> 1 for the reference-code form, SPEC (E6)). With B = 0 (just
-    after a merge) this is W itself, not a copy: callers only read it."""
-    W = mod.weight.float()
-    if mod.r > 0 and mod.lora_B.any():
-        W = W + (mod.lora_B @ mod.lora_A) * (mod.scaling if lora_scale else 1.0)
-    return W
-
-
 def _run_block(block, xs, cos, sin, batch_size, write):
     """Run `block` over the hidden states xs (nsamples, T, hidden) batch by batch on its device;
     write=True overwrites xs with the outputs (safe: window j's output depends on window j's
@@ -227,7 +218,7 @@ def _run_block(block, xs, cos, sin, batch_size, write):
     saved = [(m, m.weight.data, m.r) for m in _maps(block).values() if m.r > 0]
     try:
         for m, _, _ in saved:        # r = 0 makes LoRALinear.forward a plain F.linear
-            m.weight.data, m.r = _effective(m).to(m.weight.dtype), 0
+            m.weight.data, m.r = m.augmented_weight().to(m.weight.dtype), 0
         for b in range(0, xs.shape[0], batch_size):
             y = block(xs[b:b + batch_size].to(dev), cos, sin)
             if write:
@@ -419,7 +410,7 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
                                   " (the block's inputs overflow or the weights are not finite)")
             Ws = None             # ForeSight: the block's (augmented) partner weights
             if o.method == "foresight":
-                Ws = {n: _effective(m, o.lora_scale) for n, m in mods.items()}
+                Ws = {n: m.augmented_weight(None if o.lora_scale else 1.0) for n, m in mods.items()}
             for name, mod in mods.items():
                 full, info = names[name], {}
                 _prune_map(mod, name, full, stats[name], Ws, info, o, score_state, gen, cfg)
@@ -470,7 +461,7 @@ def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):
         W_new, keep = sparsegpt_prune(mod.augmented_weight(), st["H"], o.sparsity, o.nm,
                                       o.blocksize, o.percdamp, info)
     else:
-        W = _effective(mod, o.lora_scale)
+        W = mod.augmented_weight(None if o.lora_scale else 1.0)
         if o.method == "magnitude":
             S = magnitude_score(W)                                      # E2
         elif o.method == "wanda":

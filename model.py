@@ -235,10 +235,13 @@ class LoRALinear(nn.Module):
             self.lora_A.copy_(a.uniform_(-bound, bound, generator=generator))
             self.lora_B.zero_()
 
-    def augmented_weight(self):
-        """W~ = W + s B A in float32 (SPEC (E5))."""
+    def augmented_weight(self, scale=None):
+        """W~ = W + s B A in float32 (SPEC (E5)); scale replaces s (1: the E6 code form). With
+        no adapter or B = 0 (just after a merge) this is W itself (float32): callers only read it."""
         w = self.weight.float()
-        return w if self.r == 0 else w + self.scaling * (self.lora_B @ self.lora_A)
+        if self.r == 0 or not self.lora_B.any():
+            return w
+        return w + (self.scaling if scale is None else scale) * (self.lora_B @ self.lora_A)
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
