@@ -1,4 +1,4 @@
-"""bench_model.py: speed and memory of model.py on the default model (issue 12).
+"""bench_model.py: speed and memory of model.py on the default model.
 
     python bench_model.py                      # efx only (CPU: 2 threads)
     python bench_model.py --hf                 # side by side with HF transformers + peft
@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 import assets
+import cli
 import data
+import hf
 import model as M
 import train
 
@@ -111,7 +113,7 @@ def make_step(side, device):
 def inputs(a, device):
     """(ids, labels) B x T of domain text, all supervised; the main job's first batches; a prompt."""
     path = Path(a.model) if a.model else assets.default_model_dir()
-    tok, dom = M.load_tokenizer(path), data.default_domain("med")
+    tok, dom = hf.load_tokenizer(path), data.default_domain("med")
     text = "\n\n".join(ex["prompt"] + " " + ex["completion"] for ex in dom["train"])
     ids = torch.tensor(tok.encode(text)[:a.batch * a.seqlen]).view(a.batch, a.seqlen)
     cfg = {**train.PRESETS["default"], "seed": 0}               # train.run's selection
@@ -151,10 +153,10 @@ def measure_memory(a):
         else:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             Path("/proc/self/clear_refs").write_text("5")
-            before = train.peak_memory_gb(device) * 2**30
+            before = cli.peak_memory(device)[0] * 2**30
         step(ids, labels)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
-            train.peak_memory_gb(device) * 2**30
+            cli.peak_memory(device)[0] * 2**30
         out[work] = (peak / 2**30, before / 2**30)
     print(json.dumps(out))
 

@@ -26,6 +26,8 @@ import torch
 import assets
 import data
 import efx
+import eval as ev
+import hf
 import model as M
 
 
@@ -125,7 +127,7 @@ def main():
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device) if args.device else M.pick_device()
     model_dir = assets.default_model_dir()
-    tok = M.load_tokenizer(model_dir)
+    tok = hf.load_tokenizer(model_dir)
     ids = tok.encode(data.general_corpus(), bos=False)
     cut = int(0.9 * len(ids))                                   # efx.py CLI's held-out split
     calib, _ = data.calibration_windows(tok, ids[:cut], args.nsamples, args.seqlen, seed=0)
@@ -143,7 +145,6 @@ def main():
         if args.layers:
             model.model.layers = model.model.layers[: args.layers]
         if args.eval_windows and not args.layers and dense_ppl is None:
-            import eval as ev
             dense_ppl = ev.perplexity(model, heldout, args.seqlen)
             print(f"dense perplexity {dense_ppl:.3f}")
         with PeakMemory(dev) as mem:
@@ -158,7 +159,6 @@ def main():
                "est_calib_MiB": est / 2**20, "sparsity": rep["overall_sparsity"],
                "damping_increased": len(rep["damping_increased"])}
         if args.eval_windows and not args.layers:
-            import eval as ev
             row["ppl"] = ev.perplexity(model, heldout, args.seqlen)
         rows.append(row)
         print(json.dumps(row))

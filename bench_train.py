@@ -1,4 +1,4 @@
-"""Benchmark: EfficientXpert's overhead over dense LoRA on the same data and steps (issue 4).
+"""Benchmark: EfficientXpert's overhead over dense LoRA on the same data and steps.
 
     python bench_train.py                           # the main job's sizes (train.PRESETS["default"])
     python bench_train.py --max_train 32 --nsamples 4  # a quick look
@@ -9,8 +9,8 @@ intermediate calls, SPEC section 8). Run to run, this machine's speed drifts by 
 ABBA order cancels a linear drift, and the ratios use the sums over the runs. All run on the
 default model (assets.default_model_dir(): SmolLM2-135M-Instruct) and domain `med`, with eval
 off, the same examples, seed, batch and number of optimizer steps. Prints the ratios
-efx / dense of wall time and of peak memory (train.peak_memory_gb: peak RSS on CPU, reset after
-the model is loaded; max allocated on CUDA). Targets (issue 4): <= 1.10 x time, <= 1.05 x memory.
+efx / dense of wall time and of peak memory (cli.peak_memory: peak RSS on CPU, reset after
+the model is loaded; max allocated on CUDA). Targets: <= 1.10 x time, <= 1.05 x memory.
 
 Where EfficientXpert's extra time goes is measured by wrapping efx's calibration forwards
 (calibrate_block, _run_block), its scoring (foresight_score) and PBS (pbs_update) with timers.

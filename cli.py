@@ -1,4 +1,5 @@
-"""cli.py: one way to turn a config dataclass into a command line, and one error boundary.
+"""cli.py: what every entry point shares: flags from a config dataclass, one error boundary,
+peak memory.
 
 Every entry point (train.py, efx.py, eval.py, data.py) declares its options as a dataclass
 whose fields carry a trailing comment; that comment is the field's --help text. Precedence:
@@ -13,8 +14,11 @@ import dataclasses
 import inspect
 import json
 import re
+import resource
 import sys
 from pathlib import Path
+
+import torch
 
 
 def field_help(cls) -> dict:
@@ -89,3 +93,28 @@ def main(prog, fn):
         return fn()
     except (ValueError, OSError, FloatingPointError, RuntimeError) as e:
         sys.exit(f"{prog}: error: {e}")
+
+
+def reset_peak_memory(device):
+    """Start the peak count again: CUDA's allocator statistics; on Linux the process's peak
+    resident set (writing "5" to /proc/self/clear_refs resets VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_memory(device) -> tuple:
+    """(GiB, kind): CUDA max allocated; CPU peak resident set (VmHWM, else ru_maxrss)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda max allocated"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20, "process peak RSS"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"

@@ -17,12 +17,12 @@ One-shot pruning from the command line: prune.py. Tests: python -m pytest -q tes
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 
 import torch
 
-from model import SEVEN_MAPS   # q, k, v, o, gate, up, down: also the pruning order in a block
+import cli
+from model import SEVEN_MAPS, sparsity_of   # SEVEN_MAPS: also the pruning order in a block
 from obs import check_finite, chol, sparsegpt_prune   # E11, E16 and the damped solves
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "foresight")
@@ -384,9 +384,6 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
     log(f"efx.prune: {o.method} rho={o.sparsity} nm={o.nm} per={o.per}: buffers "
         f"{MiB(est['hidden_states'])} hidden states ({nsamples}x{T}x{cfg.hidden_size} on {where})"
         f" + {MiB(est['stats'])} statistics + ~{MiB(est['activations'] + est['work'])} work")
-    if cuda:
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
     gen = torch.Generator(device=dev).manual_seed(o.seed)
     report = {"method": o.method, "sparsity_target": o.nm[0] / o.nm[1] if o.nm else o.sparsity,
               "nm": o.nm, "per": o.per, "pbs": o.pbs and o.pbs_variant, "reconstruct": o.reconstruct,
@@ -418,7 +415,7 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
                     report["damping_increased"].append({"map": full, **note})
                     log(f"efx.prune: {full}: {note['what']} singular, damping "
                         f"{note['from']:g} -> {note['to']:g}")
-                report["maps"][full] = _sparsity_of(mod.weight, o.nm)
+                report["maps"][full] = sparsity_of(mod.weight, o.nm)
                 if Ws is not None:      # later maps see this one pruned (reference-code order)
                     Ws[name] = mod.weight.float()      # merged: B = 0, so W + s B A = W
             del stats, Ws
@@ -437,20 +434,8 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
     report["overall_sparsity"] = sum(v["zeros"] for v in maps) / sum(v["numel"] for v in maps)
     report["nm_valid"] = all(v["nm_valid"] for v in maps) if o.nm else None
     report["time_s"] = time.time() - t_start
-    if cuda:
-        report["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev)
-        report["peak_mem_kind"] = "cuda max allocated"
-    else:   # Linux ru_maxrss is in KiB; the peak of the whole process so far
-        report["peak_mem_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        report["peak_mem_kind"] = "process max RSS"
+    report["peak_memory_gb"], report["peak_memory_kind"] = cli.peak_memory(dev)   # so far
     return report
-
-
-def _sparsity_of(W, nm):
-    """Exact zeros of the forward weight; N:M validity = every group of M holds >= N zeros."""
-    zeros = int((W == 0).sum())
-    ok = None if nm is None else bool(((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
-    return {"zeros": zeros, "numel": W.numel(), "sparsity": zeros / W.numel(), "nm_valid": ok}
 
 
 def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):

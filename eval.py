@@ -12,7 +12,7 @@ Run (every field of EvalConfig is a flag; --help lists them; the comparison: com
     python eval.py --model DIR --domain med --out runs/eval_med
     python eval.py --model DIR --tasks a.jsonl b.jsonl --ppl_file corpus.txt --out runs/x
 Model interface: `model(input_ids (B,T)) -> logits (B,T,V)` at every position, `model.generate`;
-tokenizer `.encode(text, bos=False)`, `.decode(ids)`, `.eos_id` (model.py).
+tokenizer `.encode(text, bos=False)`, `.decode(ids)`, `.eos_id` (hf.py).
 """
 import dataclasses
 import inspect
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 import cli
 import data
+import hf
 import model as M
 
 
@@ -114,7 +115,7 @@ def choice_logliks(model, prompt_ids, choice_ids, batched=True):
         raise ValueError("eval.choice_logliks: prompt_ids is empty (need >= 1 context token)")
     if any(len(c) == 0 for c in choice_ids):
         raise ValueError("eval.choice_logliks: a choice tokenised to zero tokens")
-    device, P, C = _device(model), len(prompt_ids), len(choice_ids)
+    device, P = _device(model), len(prompt_ids)
     L = max(len(c) for c in choice_ids)
 
     def picked(logits, targets):               # logits (n, V), targets list[int] -> sum log p
@@ -370,25 +371,23 @@ def sparsity_report(model, nm=None):
     "numel", "sparsity"} (efx.prune's format); with nm=(N, M), "nm_valid": every group of M
     consecutive columns holds >= N zeros in every row. Storage stays dense: the saved file
     does not shrink."""
-    per_map, per_block, nm_ok = {}, {}, True
+    per_map = {}
     for name, mod in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in M.SEVEN_MAPS:
-            continue
-        with torch.no_grad():
-            W = mod.augmented_weight() if hasattr(mod, "augmented_weight") else mod.weight
-        per_map[name] = (int((W == 0).sum()), W.numel())
-        blk = name.split(".layers.")[1].split(".")[0] if ".layers." in name else "?"
-        per_block[blk] = tuple(a + b for a, b in zip(per_block.get(blk, (0, 0)), per_map[name]))
-        if nm is not None:                  # (m, n/M, M) groups; a ragged last group fails
-            nm_ok &= W.shape[1] % nm[1] == 0 and bool(
-                ((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
+        if name.rsplit(".", 1)[-1] in M.SEVEN_MAPS:
+            with torch.no_grad():
+                W = mod.augmented_weight() if hasattr(mod, "augmented_weight") else mod.weight
+            per_map[name] = M.sparsity_of(W, nm)
 
-    def entry(z, t):
+    def total(entries):
+        z, t = sum(e["zeros"] for e in entries), sum(e["numel"] for e in entries)
         return {"zeros": z, "numel": t, "sparsity": z / max(t, 1)}
-    return {"overall": entry(*(sum(v[i] for v in per_map.values()) for i in (0, 1))),
-            "per_block": {k: entry(*v) for k, v in per_block.items()},
-            "per_map": {k: entry(*v) for k, v in per_map.items()}, "nm": nm,
-            "nm_valid": nm_ok if nm else None}
+    blocks = {}
+    for name, e in per_map.items():
+        blocks.setdefault(name.split(".layers.")[1].split(".")[0] if ".layers." in name else "?",
+                          []).append(e)
+    return {"overall": total(per_map.values()), "per_block": {k: total(v) for k, v in blocks.items()},
+            "per_map": per_map, "nm": nm,
+            "nm_valid": all(e["nm_valid"] for e in per_map.values()) if nm else None}
 
 
 # ----------------------------------------------------------------------------- tables, CLI
@@ -454,8 +453,7 @@ def main(argv=None):
 
 def run(c: EvalConfig) -> dict:
     config = M.load_config(c.model)                     # input checks before the weights load
-    tok = M.load_tokenizer(c.model)
-    M.check_tokenizer(tok, config, c.model)
+    tok = hf.load_tokenizer(c.model, config)
     tasks, ppl_text, corpus = {}, None, ""
     if c.domain:
         dom = data.default_domain(c.domain)

@@ -1,40 +1,30 @@
-"""LLaMA-family decoder, HF checkpoint I/O, LoRA adapters and generation, in plain torch.
+"""LLaMA-family decoder and LoRA adapters in plain torch; HF checkpoint directories in and out.
 
 * The decoder (SPEC section 2): RMSNorm, rotate-half RoPE (optional llama3 scaling), GQA
   attention via SDPA, SwiGLU MLP, tied or untied lm_head, Qwen2 q/k/v bias, Qwen3 per-head q/k
   RMSNorm. Module and tensor names equal HF's: HF checkpoint directories load with no name
   table, and saved directories load back into HF tools. Unsupported config values raise.
-* LoRA on q, k, v, o, gate, up, down: SPEC (E0) forward, merge, masked merge, PEFT files.
-* KV-cache generation (greedy, or seeded temperature / top-k / top-p), a `tokenizers`
-  wrapper, a device picker. Only safetensors are read; nothing in a checkpoint is executed.
-
-Order: config -> blocks -> model -> checkpoint I/O -> tokenizer. GGUF -> HF: convert.py.
-Tests: `python -m pytest -q tests/test_model.py`.
+* LoRA on q, k, v, o, gate, up, down: SPEC (E0) forward, merge, masked merge.
+* Greedy KV-cache generation, load_model / save_model (the files themselves: hf.py), the
+  exact-zero count of a weight (SPEC 9), a device picker. Tests: tests/test_model.py.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+import hf
+from hf import ARCHITECTURES, LLAMA3_ROPE_KEYS
 
 IGNORE = -100             # label without loss (prompt, padding): data.IGNORE, torch's default
 SEVEN_MAPS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                   "special_tokens_map.json")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
-                    "original_max_position_embeddings")
 
 
 # --------------------------------------------------------------------------------- config
@@ -81,49 +71,11 @@ class Config:
     @classmethod
     def from_hf(cls, d: dict) -> "Config":
         """Parse an HF config dict (both dialects); unsupported values raise ValueError."""
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in d]
-        if missing:
-            raise ValueError(f"missing required field(s) {missing}")
-        mt, act, sw = d.get("model_type"), d.get("hidden_act", "silu"), d.get("sliding_window")
-        unsupported = {                      # field -> why it cannot load (falsy: fine)
-            "hidden_act": act != "silu" and f"{act!r} (only 'silu')",
-            "mlp_bias": d.get("mlp_bias") and "true",
-            "quantization_config": d.get("quantization_config") and "present",
-            "partial_rotary_factor": d.get("partial_rotary_factor", 1.0) != 1.0 and "!= 1",
-            # Sliding-window attention needs a banded mask: refuse rather than ignore it.
-            "use_sliding_window": d.get("use_sliding_window") and f"true (sliding_window {sw})",
-            "sliding_window": mt == "mistral" and sw is not None and f"{sw} (must be null)",
-            "layer_types": any(t != "full_attention" for t in d.get("layer_types") or [])
-            and "sliding-window layers"}
-        for key, why in unsupported.items():
-            if why:
-                raise ValueError(f"unsupported {key}: {why}")
-        # Two dialects: top-level rope_theta / rope_scaling, or rope_parameters (newer HF).
-        scaling = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
-        theta = scaling.pop("rope_theta", d.get("rope_theta", 10000.0))
-        rtype = scaling.get("rope_type", scaling.pop("type", "default"))   # "type": old name
-        if rtype not in ("default", "llama3"):
-            raise ValueError(f"unsupported rope_scaling rope_type {rtype!r} "
-                             "(only 'default' and 'llama3')")
-        if rtype == "llama3" and any(k not in scaling for k in LLAMA3_ROPE_KEYS):
-            raise ValueError(f"rope_scaling llama3 needs {LLAMA3_ROPE_KEYS}, "
-                             f"got {sorted(scaling)}")
-        scaling["rope_type"] = rtype
-        kw = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        kw.update(model_type=mt, rope_theta=float(theta),   # None: refused by __post_init__
-                  rope_scaling=scaling if rtype == "llama3" else None,
-                  torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32"))
-        return cls(**kw)
+        return cls(**hf.config_from_hf(cls, d))
 
     def to_hf(self) -> dict:
         """HF config dict (top-level rope_theta / rope_scaling dialect, torch_dtype)."""
-        d = asdict(self)
-        del d["qk_norm"]                     # implied by model_type qwen3
-        if self.model_type == "qwen2":
-            del d["attention_bias"]          # implied by model_type qwen2
-        if self.model_type != "llama":
-            d.update(use_sliding_window=False, sliding_window=None)
-        return {**d, "architectures": [ARCHITECTURES[self.model_type]], "hidden_act": "silu"}
+        return hf.config_to_hf(asdict(self))
 
 
 # ------------------------------------------------------------------------ building blocks
@@ -376,12 +328,8 @@ class Transformer(nn.Module):
         return completion_ce(h.flatten(0, 1)[keep], self.lm_head.weight, target[keep]) / n_tokens
 
     @torch.no_grad()
-    def generate(self, ids, max_new_tokens: int, temperature: float = 0.0, top_k=None,
-                 top_p=None, generator=None, eos_id=None):
-        """ids (B, T) -> (B, T + n), n <= max_new_tokens, with a KV cache. temperature 0:
-        greedy; else sample softmax(logits / temperature) over the top_k tokens and / or the
-        smallest set of probability >= top_p, from `generator` (same seed, same tokens).
-        Stops once every row has produced eos_id (default config.eos_token_id; int, list or
+    def generate(self, ids, max_new_tokens: int, eos_id=None):
+        """ids (B, T) -> (B, T + n), n <= max_new_tokens: greedy decoding with a KV cache. Stops once every row has produced eos_id (default config.eos_token_id; int, list or
         [] for never); a finished row repeats its EOS. Runs in eval mode (no LoRA dropout)."""
         eos = self.config.eos_token_id if eos_id is None else eos_id
         eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []),
@@ -392,8 +340,7 @@ class Transformer(nn.Module):
         self.eval()
         for _ in range(max_new_tokens):      # feed the positions the cache does not hold yet
             h = self.hidden(out[:, cache.seq_len:], cache)[:, -1]           # (B, hidden)
-            logits = self.lm_head(h).float()                                # last position only
-            nxt = torch.where(done, out[:, -1], _pick(logits, temperature, top_k, top_p, generator))
+            nxt = torch.where(done, out[:, -1], self.lm_head(h).argmax(-1))  # last position only
             done |= torch.isin(nxt, eos)
             out = torch.cat([out, nxt[:, None]], dim=1)
             if done.all():
@@ -437,24 +384,6 @@ def completion_ce(h, weight, target, chunk=None):
     return _CompletionCE.apply(h, weight, target, chunk or max(1, 2**23 // weight.shape[0]))
 
 
-def _pick(logits, temperature, top_k, top_p, generator):
-    """Next token per row from (B, V) float32 logits."""
-    if not temperature or temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        srt, idx = torch.sort(logits, dim=-1, descending=True, stable=True)
-        p = srt.softmax(-1)                  # drop a token once those above it reach top_p
-        srt = srt.masked_fill(p.cumsum(-1) - p >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
-    probs = logits.softmax(-1)               # sampled where the generator lives
-    dev = probs.device if generator is None else generator.device
-    return torch.multinomial(probs.to(dev), 1, generator=generator)[:, 0].to(logits.device)
-
-
 def lora_modules(model) -> list:
     """[(name, LoRALinear)], per block in registration order q, k, v, o, gate, up, down."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
@@ -481,52 +410,6 @@ def merge_lora(model, masks: dict | None = None):
 
 
 # ------------------------------------------------------------------------- checkpoint I/O
-def _check_keys(found: set, expected, where):
-    missing, unexpected = sorted(set(expected) - found), sorted(found - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{where}: missing tensors {missing[:5]}, unexpected tensors "
-                         f"{unexpected[:5]} ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected)")
-
-
-def _check_shape(name, expected, found):
-    if tuple(expected) != tuple(found):
-        raise ValueError(f"tensor {name}: expected shape {tuple(expected)}, found {tuple(found)}")
-
-
-def _open_safetensors(fn):
-    """safe_open that names the file when it is truncated, corrupt or not safetensors at all."""
-    try:
-        return safe_open(str(fn), framework="pt")
-    except SafetensorError as e:
-        raise ValueError(f"{fn}: not a valid safetensors file ({e})") from None
-
-
-def _atomic_save(tensors: dict, fn: Path):
-    """save_file to a temporary file, then rename: a kill mid-write leaves the old file."""
-    tmp = fn.with_name(fn.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, fn)
-
-
-def _weight_files(path: Path) -> dict:
-    """{tensor name: safetensors file} from model.safetensors or a sharded index."""
-    index, single = path / "model.safetensors.index.json", path / "model.safetensors"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        for fn in set(weight_map.values()):
-            if Path(fn).name != fn:          # shards must sit in the checkpoint directory
-                raise ValueError(f"{index}: shard {fn!r} must be a plain file name")
-        return {k: path / fn for k, fn in weight_map.items()}
-    if not single.exists():
-        others = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in path.glob(pattern))
-        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json"
-                                f"{f' (found {others[:3]})' if others else ''}; only safetensors"
-                                " weights are read (pickle files can run code): convert them first")
-    with _open_safetensors(single) as f:
-        return {k: single for k in f.keys()}
-
-
 def load_config(path) -> Config:
     """config.json of a checkpoint directory -> Config (unsupported values raise ValueError
     naming the file). Only fields Config knows are read: `auto_map`, `trust_remote_code` and
@@ -534,24 +417,11 @@ def load_config(path) -> Config:
     fn = Path(path) / "config.json"
     if not fn.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected an HF checkpoint directory)")
+    d = hf.read_json(fn)
     try:
-        d = json.loads(fn.read_text())
-        if not isinstance(d, dict):
-            raise ValueError("expected a JSON object")
         return Config.from_hf(d)
-    except ValueError as e:          # json.JSONDecodeError is a ValueError too
+    except ValueError as e:
         raise ValueError(f"{fn}: {e}") from None
-
-
-def check_tokenizer(tok, cfg: Config, where=""):
-    """Every id the tokenizer can produce must index the embedding table (vocab_size rows); a
-    larger vocabulary would fail (or index garbage) only when such a token first appears."""
-    specials = {k: getattr(tok, f"{k}_id") for k in ("bos", "eos", "pad")}
-    bad = {k: v for k, v in specials.items() if v is not None and not 0 <= v < cfg.vocab_size}
-    if tok.vocab_size > cfg.vocab_size or bad:
-        raise ValueError(f"{where}{'/' if where else ''}tokenizer.json: {tok.vocab_size} tokens"
-                         f"{f' (special ids {bad})' if bad else ''} do not fit the model's "
-                         f"vocab_size={cfg.vocab_size} (config.json)")
 
 
 def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
@@ -568,15 +438,15 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     # checkpoints carry rotary_emb.inv_freq buffers: neither is read.
     skip = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     expected = {k: v.shape for k, v in model.state_dict().items() if k not in skip}
-    files = {k: fn for k, fn in _weight_files(path).items()
+    files = {k: fn for k, fn in hf.weight_files(path).items()
              if k not in skip and not k.endswith("rotary_emb.inv_freq")}
-    _check_keys(set(files), expected, path)
+    hf.check_keys(set(files), expected, path)
     state = {}
     for fn in sorted(set(files.values())):
-        with _open_safetensors(fn) as f:
+        with hf.open_safetensors(fn) as f:
             for k in (k for k in f.keys() if k in expected):
                 t = f.get_tensor(k)          # one tensor at a time: no second model copy
-                _check_shape(k, expected[k], t.shape)
+                hf.check_shape(k, expected[k], t.shape)
                 if not t.is_floating_point():
                     raise ValueError(f"tensor {k} in {fn}: expected a floating-point dtype, "
                                      f"found {t.dtype}")
@@ -586,7 +456,7 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     if torch.device(device).type == "cpu":
         # Own memory, not the file's mapping (one tensor left in it keeps all its pages); the
         # matrices column-major: same values, but MKL's x W^T with one row of x (generation)
-        # reads them 1.2-2x faster on the reference machine (issue 12).
+        # reads them 1.2-2x faster on the reference machine (bench_model.py).
         mats = {id(m.weight) for m in [model.lm_head] + [m for _, m in lora_modules(model)]}
         for p in model.parameters():
             p.data = p.data.T.contiguous().T if id(p) in mats else p.data.clone()
@@ -600,108 +470,27 @@ def save_model(model: Transformer, path):
     for name, m in lora_modules(model):
         if m.r > 0 and bool(m.lora_B.detach().any()):
             raise ValueError(f"save_model: {name} has an unmerged LoRA adapter; call "
-                             "merge_lora(model) or save_adapters(model, dir) first")
+                             "merge_lora(model) first")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if ".lora_" not in k
              and not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    _atomic_save(state, path / "model.safetensors")
+    hf.atomic_save(state, path / "model.safetensors")
     (path / "model.safetensors.index.json").unlink(missing_ok=True)   # would shadow it
     dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps({**model.config.to_hf(), "torch_dtype": dtype}, indent=2))
-    os.replace(tmp, path / "config.json")
-    if model.path is not None and Path(model.path).resolve() != path.resolve():
-        for fn in TOKENIZER_FILES:
-            if (Path(model.path) / fn).exists():
-                shutil.copyfile(Path(model.path) / fn, path / fn)
+    config = {**model.config.to_hf(), "torch_dtype": dtype}
+    hf.atomic_write_text(json.dumps(config, indent=2), path / "config.json")
+    hf.copy_tokenizer_files(model.path, path)
 
 
-def save_adapters(model, path):
-    """PEFT layout: adapter_config.json + adapter_model.safetensors (float32 A and B)."""
-    mods = [(n, m) for n, m in lora_modules(model) if m.r > 0]
-    if len({(m.r, m.alpha) for _, m in mods}) != 1:
-        raise ValueError("save_adapters: needs adapters (add_lora) sharing one r and alpha")
-    m0, path = mods[0][1], Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": m0.r, "lora_alpha": m0.alpha,
-           "lora_dropout": getattr(m0.lora_dropout, "p", 0.0), "bias": "none",
-           "fan_in_fan_out": False, "inference_mode": True,
-           "base_model_name_or_path": str(model.path or ""),
-           "target_modules": sorted({n.rsplit(".", 1)[1] for n, _ in mods})}
-    (path / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
-    tensors = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}").detach()
-               .float().cpu().contiguous() for n, m in mods for ab in "AB"}
-    _atomic_save(tensors, path / "adapter_model.safetensors")
-
-
-def load_adapters(model, path):
-    """Attach adapters from a PEFT directory (strict: every key and shape must match)."""
-    path = Path(path)
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{path}: no adapter_model.safetensors (only safetensors "
-                                "adapters are read; pickle files such as adapter_model.bin are not)")
-    cfg = json.loads((path / "adapter_config.json").read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{path}/adapter_config.json: peft_type {cfg['peft_type']!r} != 'LORA'")
-    targets = cfg["target_modules"]
-    add_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0),
-             [targets] if isinstance(targets, str) else targets)
-    expected = {f"base_model.model.{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}")
-                for n, m in lora_modules(model) if m.r > 0 for ab in "AB"}
-    with _open_safetensors(weights) as f, torch.no_grad():
-        _check_keys(set(f.keys()), expected, weights)
-        for k, p in expected.items():
-            t = f.get_tensor(k)
-            _check_shape(k, p.shape, t.shape)
-            p.copy_(t)
-    return model
-
-
-# ------------------------------------------------------------------------------ tokenizer
-class Tokenizer:
-    """tokenizer.json via `tokenizers`. encode adds no special tokens except BOS on request;
-    bos/eos/pad ids come from tokenizer_config.json, else config.json, else
-    generation_config.json (first entry of a list). `.add_bos`: should prompts start with BOS."""
-
-    def __init__(self, path):
-        from tokenizers import Tokenizer as _Tokenizer
-        path = Path(path)
-        self.tok = _Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        srcs = [json.loads((path / fn).read_text()) for fn in
-                ("tokenizer_config.json", "config.json", "generation_config.json")
-                if (path / fn).exists()]
-        self.bos_id, self.eos_id, self.pad_id = (self._special(srcs, k)
-                                                 for k in ("bos", "eos", "pad"))
-        # Whether prompts start with BOS: tokenizer_config's add_bos_token, else whether
-        # tokenizer.json's post-processor prepends it (Llama 3 style).
-        tc = srcs[0] if (path / "tokenizer_config.json").exists() else {}
-        auto = self.tok.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
-        self.add_bos = bool(tc.get("add_bos_token", auto and self.bos_id is not None))
-
-    def _special(self, srcs, kind):
-        for src in srcs:
-            tok, tid = src.get(f"{kind}_token"), src.get(f"{kind}_token_id")
-            tok = tok.get("content") if isinstance(tok, dict) else tok
-            if isinstance(tok, str) and self.tok.token_to_id(tok) is not None:
-                return self.tok.token_to_id(tok)
-            tid = (tid or [None])[0] if isinstance(tid, list) else tid
-            if isinstance(tid, int):
-                return tid
-        return None
-
-    def encode(self, text: str, bos: bool = False) -> list:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
-        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-
-load_tokenizer = Tokenizer
+def sparsity_of(W, nm=None) -> dict:
+    """Exact zeros of a weight (SPEC 9); with nm = (N, M), "nm_valid": every group of M
+    consecutive columns holds >= N zeros in every row (a ragged last group fails)."""
+    zeros = int((W == 0).sum())
+    ok = None if nm is None else W.shape[1] % nm[1] == 0 and bool(
+        ((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
+    return {"zeros": zeros, "numel": W.numel(), "sparsity": zeros / max(W.numel(), 1), "nm_valid": ok}
 
 
 def pick_device() -> torch.device:

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -27,14 +26,13 @@ import safetensors
 import tokenizers
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 import cli
 import assets
 import data
 import efx
 import eval as E
+import hf
 import model as M
 
 METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
@@ -186,30 +184,7 @@ def completion_loss(model, ids, labels, n_tokens):
     return model(ids, labels=labels, n_tokens=n_tokens)
 
 
-# ----------------------------------------------------------------------------- memory, checkpoints
-
-def reset_peak_memory(device):
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    elif os.path.exists("/proc/self/clear_refs"):   # Linux: "5" resets the peak RSS (VmHWM)
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-
-def peak_memory_gb(device):
-    """CUDA: max allocated; CPU: peak resident set size (VmHWM, else ru_maxrss)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
+# ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, model, opt, score_state, state):
     """One safetensors file (no pickle): the seven maps' weights and adapters, AdamW moments,
@@ -222,22 +197,13 @@ def save_checkpoint(path, model, opt, score_state, state):
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     tensors.update({f"score.{k}": v for k, v in score_state.items()})
     tensors["rng.cpu"] = torch.get_rng_state()
-    tmp = Path(str(path) + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp,
-              metadata={"state": json.dumps(state), "format": "pt"})
-    os.replace(tmp, path)
+    hf.save_state(tensors, state, path)
 
 
 def load_checkpoint(path, model, opt, score_state):
     """Restore what save_checkpoint wrote. A truncated or foreign file, or one of another
     configuration, raises ValueError naming the checkpoint (delete it to start over)."""
-    try:
-        with safe_open(path, "pt") as f:
-            state = json.loads(f.metadata()["state"])
-        t = load_file(path)
-    except (SafetensorError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); "
-                         "delete it to start over") from None
+    t, state = hf.load_state(path)
     want = {f"model.{n}.{a}": getattr(m, a).shape for n, m in M.lora_modules(model)
             for a in ("weight", "lora_A", "lora_B")}
     bad = [k for k, shape in want.items() if k not in t or t[k].shape != shape]
@@ -306,9 +272,8 @@ class Job:
         torch.manual_seed(cfg.seed)
         t0 = time.time()                    # data first: bad input fails before the weights load
         model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
-        self.tok = tok = M.load_tokenizer(model_dir)
         model_cfg = M.load_config(model_dir)
-        M.check_tokenizer(tok, model_cfg, model_dir)
+        self.tok = tok = hf.load_tokenizer(model_dir, model_cfg)
         if cfg.nm:
             efx.check_nm_fits(model_cfg, cfg.nm)
         self.dom = dom = data.default_domain(cfg.domain) if not cfg.train else None
@@ -362,7 +327,7 @@ class Job:
                                            ppl_max_windows=self.cfg.eval_ppl_windows or None)
             self.times[f"eval_{key.split('_')[-1]}_s"] = time.time() - t0
         if key == "dense_start":
-            reset_peak_memory(self.device)
+            cli.reset_peak_memory(self.device)
 
     @torch.no_grad()
     def probe_loss(self):
@@ -473,8 +438,7 @@ class Job:
         model, results, times = self.model, self.results, self.times
         for _, m in M.lora_modules(model):                 # the saved model is plain and sparse
             m.set_lora(0, 0)
-        results["peak_memory_gb"] = peak_memory_gb(self.device)
-        results["peak_memory_kind"] = "cuda max allocated" if self.device.type == "cuda" else "process peak RSS"
+        results["peak_memory_gb"], results["peak_memory_kind"] = cli.peak_memory(self.device)
         results.update(losses=self.losses, prune_calls=self.prune_reports,
                        sparsity=E.sparsity_report(model, final["nm"] if final else None))
         if self.rank == 0:
@@ -485,9 +449,7 @@ class Job:
         times["total_s"] = time.time() - self.t_run
         results["times"] = times
         if self.rank == 0:
-            tmp = self.out / "results.json.tmp"
-            tmp.write_text(json.dumps(results, indent=2, default=str))
-            os.replace(tmp, self.out / "results.json")
+            hf.atomic_write_text(json.dumps(results, indent=2, default=str), self.out / "results.json")
             _summary(results)
         return {**results, "model": model, "tokenizer": self.tok, "wall_s": times["total_s"],
                 "peak_gb": results["peak_memory_gb"]}

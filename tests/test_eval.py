@@ -283,7 +283,8 @@ def test_s9_sparsity_report(make_model):
         m.model.layers[1].mlp.down_proj.weight.zero_()         # (64, 96) fully zero
     r = ev.sparsity_report(m, nm=(2, 4))
     assert r["per_map"]["model.layers.0.self_attn.q_proj"] == {"zeros": 2048, "numel": 4096,
-                                                               "sparsity": 0.5}
+                                                               "sparsity": 0.5, "nm_valid": True}
+    assert r["per_map"]["model.layers.0.self_attn.k_proj"]["nm_valid"] is False
     assert r["per_map"]["model.layers.1.mlp.down_proj"]["sparsity"] == 1.0
     # block 0: q (64x64 = 4096 weights, half zero) of q,k,v,o = 4096+2048+2048+4096 and
     # 3 MLP maps of 64x96 = 6144 each -> 12288 + 18432 = 30720 weights, 2048 zeros

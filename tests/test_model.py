@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import hf
 import model as M
 from conftest import FAMILIES
 
@@ -239,14 +240,14 @@ def test_s2_loader_names_wrong_shape(tiny_ckpt):
 
 def test_s2_tokenizer_ids_from_config_files(tiny_ckpt):
     path, _ = tiny_ckpt
-    tok = M.load_tokenizer(path)
+    tok = hf.load_tokenizer(path)
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 2, 0, 128)
     assert tok.add_bos is False                  # no add_bos_token, no BOS post-processor
     ids = tok.encode("w5 w7 w5", bos=True)
     assert ids == [1, 8, 10, 8] and tok.decode(ids[1:]) == "w5 w7 w5"
     # Without tokenizer_config.json the ids come from config.json.
     (path / "tokenizer_config.json").unlink()
-    tok = M.load_tokenizer(path)
+    tok = hf.load_tokenizer(path)
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
 
 
@@ -287,19 +288,6 @@ def test_s2_kv_cache_preallocated_written_in_place(make_model):
         got = model(cont, shared)
         ref = model(torch.cat([ids[:1, :5].expand(2, -1), cont], 1))[:, 5:]
         assert torch.allclose(got, ref, atol=ATOL32), _max_diff(got, ref)
-
-
-def test_s2_sampling_same_seed_identical(make_model):
-    model = make_model()
-    prompt = torch.randint(3, 128, (2, 4))
-    kw = dict(max_new_tokens=10, temperature=1.5, top_k=20, top_p=0.9, eos_id=[])
-    runs = [model.generate(prompt, generator=torch.Generator().manual_seed(s), **kw)
-            for s in (7, 7, 8)]
-    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
-    # top_k=1 leaves only the argmax: sampling then equals greedy decoding.
-    one = model.generate(prompt, 10, temperature=1.0, top_k=1, eos_id=[],
-                         generator=torch.Generator().manual_seed(0))
-    assert torch.equal(one, model.generate(prompt, 10, eos_id=[]))
 
 
 def test_s2_generation_stops_at_eos(make_model):
@@ -361,7 +349,7 @@ def test_e0_masked_merge_keeps_every_masked_zero(make_model):
 
 
 def _full_logits_loss(model, ids, labels, n):
-    """The obvious form (train.py before issue 12): every position's logits, shifted."""
+    """The obvious form (what train.py computed before completion_ce): every position's logits, shifted."""
     logits = model(ids)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                            ignore_index=M.IGNORE, reduction="sum") / n
@@ -421,22 +409,6 @@ def test_e0_lora_dropout_is_bernoulli_scaled(make_model):
     assert torch.equal(*seeded)
 
 
-def test_s2_peft_adapters_round_trip(make_model, tmp_path):
-    model = _lora_model(make_model)
-    M.save_adapters(model, tmp_path / "ad")
-    cfg = json.loads((tmp_path / "ad/adapter_config.json").read_text())
-    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8.0
-    assert sorted(cfg["target_modules"]) == sorted(M.SEVEN_MAPS)
-    keys = set(load_file(tmp_path / "ad/adapter_model.safetensors"))
-    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
-    assert len(keys) == 2 * 7 * 2
-    fresh = make_model()                     # same seed -> same base weights
-    M.load_adapters(fresh, tmp_path / "ad")
-    ids = torch.randint(0, 128, (1, 6))
-    with torch.no_grad():
-        assert torch.equal(fresh(ids), model(ids))
-
-
 def test_s2_save_model_refuses_unmerged_adapters(make_model, tmp_path):
     model = _lora_model(make_model)
     with pytest.raises(ValueError, match="unmerged LoRA adapter"):
@@ -448,16 +420,12 @@ def test_s2_save_model_refuses_unmerged_adapters(make_model, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_s2_cuda_load_and_generate_match_cpu(tiny_ckpt):
-    """Same checkpoint on CUDA: logits agree with CPU; a CPU generator samples the same tokens."""
+    """Same checkpoint on CUDA: logits and greedy tokens agree with CPU."""
     path, model = tiny_ckpt
     gpu = M.load_model(path, device="cuda")
     ids = torch.randint(0, 128, (2, 9))
     with torch.no_grad():
         lg = gpu(ids.cuda()).cpu()
     assert torch.allclose(lg, model(ids), atol=1e-4), _max_diff(lg, model(ids))
-    kw = dict(max_new_tokens=8, temperature=1.0, top_p=0.9, eos_id=[])
-    a = gpu.generate(ids.cuda(), generator=torch.Generator().manual_seed(3), **kw).cpu()
-    b = model.generate(ids, generator=torch.Generator().manual_seed(3), **kw)
-    assert torch.equal(a[:, :9], ids) and a.shape == b.shape
     greedy = gpu.generate(ids.cuda(), 8, eos_id=[]).cpu()
     assert torch.equal(greedy, model.generate(ids, 8, eos_id=[]))

@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from conftest import random_model, tiny_config, write_tokenizer  # noqa: E402
 import efx  # noqa: E402
+import hf
 import model as M  # noqa: E402
 import train  # noqa: E402
 
@@ -137,6 +138,14 @@ def world(tmp_path_factory):
     (w.truncated / "model.safetensors").write_bytes(blob[: len(blob) // 2])
     w.badconfig = _checkpoint(d / "badconfig", weights=False)
     _edit_json(w.badconfig / "config.json", hidden_act="gelu")
+    w.notok = Path(shutil.copytree(w.noweights, d / "notok"))
+    (w.notok / "tokenizer.json").unlink()
+    w.badtok = Path(shutil.copytree(w.noweights, d / "badtok"))
+    (w.badtok / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    w.badtokcfg = Path(shutil.copytree(w.noweights, d / "badtokcfg"))
+    (w.badtokcfg / "tokenizer_config.json").write_text("{bos_token: <s>}")
+    w.badpqa = d / "ori_pqal.json"
+    w.badpqa.write_text('{"123": {"QUESTION": 5}}')
     w.evil = _plant_code(Path(shutil.copytree(w.ck, d / "evil")), w.code_marker)
     w.train = _jsonl(d / "train.jsonl", [{"prompt": _words(rng, 6), "completion": _words(rng, 4)}
                                          for _ in range(8)])
@@ -207,6 +216,12 @@ CLI_CASES = [
      r"model\.safetensors: not a valid safetensors file"),
     ("train-config", "train.py", TRAIN + " --model {badconfig}", 1,
      r"config\.json: unsupported hidden_act: 'gelu'"),
+    ("train-tokenizer-missing", "train.py", TRAIN + " --model {notok}", 1,
+     r"notok/tokenizer\.json: no such file"),
+    ("train-tokenizer-damaged", "train.py", TRAIN + " --model {badtok}", 1,
+     r"badtok/tokenizer\.json: not a valid tokenizers file"),
+    ("train-tokenizer-config-damaged", "train.py", TRAIN + " --model {badtokcfg}", 1,
+     r"badtokcfg/tokenizer_config\.json: not valid JSON"),
     ("train-resume-corrupt", "train.py", TRAIN + " --model {ck} --resume --out {corrupt_out}", 1,
      r"checkpoint\.safetensors: not a readable checkpoint"),
     # -- prune.py
@@ -230,6 +245,8 @@ CLI_CASES = [
     ("prune-vocab", "prune.py", PRUNE + " --model {bigvocab}", 1,
      r"160 tokens do not fit the model's vocab_size=128"),
     ("prune-pickle-only", "prune.py", PRUNE + " --model {pickle_only}", 1, r"only safetensors"),
+    ("prune-tokenizer-damaged", "prune.py", PRUNE + " --model {badtok}", 1,
+     r"badtok/tokenizer\.json: not a valid tokenizers file"),
     ("prune-truncated", "prune.py", PRUNE + " --model {truncated}", 1,
      r"model\.safetensors: not a valid safetensors file"),
     # -- eval.py, compare.py
@@ -252,6 +269,12 @@ CLI_CASES = [
     ("eval-pickle-only", "eval.py", EVAL + " --model {pickle_only}", 1, r"only safetensors"),
     ("eval-truncated", "eval.py", EVAL + " --model {truncated}", 1,
      r"model\.safetensors: not a valid safetensors file"),
+    ("eval-tokenizer-missing", "eval.py", EVAL + " --model {notok}", 1,
+     r"notok/tokenizer\.json: no such file"),
+    ("data-convert-malformed", "data.py", "convert --format pubmedqa --src {badpqa} "
+     "--dst {dir}/pqa.jsonl", 1, r"ori_pqal\.json:1: field '123\.QUESTION': expected str, got int"),
+    ("data-convert-no-format", "data.py", "convert --src {badpqa} --dst {dir}/pqa.jsonl", 1,
+     r"convert needs --format"),
     ("eval-config", "eval.py", EVAL + " --model {badconfig}", 1,
      r"config\.json: unsupported hidden_act"),
 ]
@@ -408,7 +431,7 @@ LOADER_CASES = {   # case: (damage to the checkpoint directory, exception, messa
                     ValueError, r"expected a floating-point dtype, found torch\.bool"),
     "config-missing": (lambda p: (p / "config.json").unlink(), FileNotFoundError, r"no config\.json"),
     "config-invalid-json": (_write("config.json", b'{"vocab_size": 128,'), ValueError,
-                            r"config\.json: Expecting"),
+                            r"config\.json: not valid JSON \(Expecting"),
     "config-not-object": (_write("config.json", b"[1, 2]"), ValueError,
                           r"config\.json: expected a JSON object"),
     "config-field-missing": (_drop_config_field("hidden_size"), ValueError,
@@ -464,24 +487,13 @@ def test_s11_tokenizer_larger_than_model_vocab(tmp_path):
         d = tmp_path / str(n)
         d.mkdir()
         write_tokenizer(d, n)
-        tok = M.load_tokenizer(d)
+        tok = hf.load_tokenizer(d)
         if fits:
-            M.check_tokenizer(tok, cfg, d)
+            hf.check_tokenizer(tok, cfg, d)
         else:
             with pytest.raises(ValueError, match=rf"tokenizer\.json: {n} tokens do not fit the "
                                                  r"model's vocab_size=128"):
-                M.check_tokenizer(tok, cfg, d)
-
-
-def test_s11_adapters_load_only_from_safetensors(tmp_path, make_model):
-    d = tmp_path / "adapter"
-    d.mkdir()
-    (d / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}))
-    (d / "adapter_model.bin").write_bytes(pickle.dumps(Evil(tmp_path / "PICKLE_LOADED")))
-    with pytest.raises(FileNotFoundError, match=r"no adapter_model\.safetensors \(only safetensors"):
-        M.load_adapters(make_model(), d)
-    assert not (tmp_path / "PICKLE_LOADED").exists()
+                hf.check_tokenizer(tok, cfg, d)
 
 
 # ----------------------------------------------------------------------------- data
@@ -645,7 +657,7 @@ def test_s11_kill_during_checkpoint_write_keeps_previous(tmp_path, make_model, m
     good = _sha(ckpt)
     expected = {n: m.lora_A.detach().clone() for n, m in M.lora_modules(model)}
     later, later_opt = setup(1)
-    monkeypatch.setattr(train, "save_file", _torn_save)
+    monkeypatch.setattr(hf, "save_file", _torn_save)
     with pytest.raises(OSError, match="simulated kill"):
         train.save_checkpoint(ckpt, later, later_opt, {}, {**state, "epoch": 1})
     assert _sha(ckpt) == good
@@ -676,7 +688,7 @@ def test_s11_kill_during_model_save_keeps_previous(tmp_path, make_model, monkeyp
     out = tmp_path / "model"
     M.save_model(first, out)
     shas = {fn: _sha(out / fn) for fn in ("model.safetensors", "config.json")}
-    monkeypatch.setattr(M, "save_file", _torn_save)
+    monkeypatch.setattr(hf, "save_file", _torn_save)
     with pytest.raises(OSError, match="simulated kill"):
         M.save_model(second, out)
     assert {fn: _sha(out / fn) for fn in shas} == shas
@@ -760,7 +772,7 @@ def test_s11_code_in_checkpoint_dir_is_never_imported(tmp_path, tiny_ckpt):
     path, _ = tiny_ckpt
     marker = tmp_path / "CODE_RAN"
     _plant_code(path, marker)
-    model, tok = M.load_model(path), M.load_tokenizer(path)
+    model, tok = M.load_model(path), hf.load_tokenizer(path)
     model(torch.tensor([tok.encode("w1 w2 w3")]))
     M.save_model(model, tmp_path / "resaved")
     assert not marker.exists()
