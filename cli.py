@@ -1,5 +1,5 @@
 """cli.py: what every entry point shares: flags from a config dataclass, one error boundary,
-peak memory.
+progress lines, peak memory.
 
 Every entry point (train.py, efx.py, eval.py, data.py) declares its options as a dataclass
 whose fields carry a trailing comment; that comment is the field's --help text. Precedence:
@@ -16,6 +16,7 @@ import json
 import re
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,12 +42,12 @@ def parser(cls, description, presets=None, **extra) -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, kw in extra.items():
         ap.add_argument(name, **kw)
-    if presets:
-        ap.add_argument("--preset", choices=sorted(presets), default="default",
-                        help="named group of defaults (default: default)")
-    ap.add_argument("--config", metavar="JSON", help="file of field values; flags override it")
     helps = field_help(cls)
-    for f in dataclasses.fields(cls):
+    if presets:           # a `preset` field of cls records which one the run used
+        ap.add_argument("--preset", choices=sorted(presets), default="default",
+                        help=f"{helps.get('preset', 'named group of defaults')} (default: default)")
+    ap.add_argument("--config", metavar="JSON", help="file of field values; flags override it")
+    for f in (f for f in dataclasses.fields(cls) if not (presets and f.name == "preset")):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         shown = default if default != "" else '""'
         if presets and f.name in presets["default"]:
@@ -56,7 +57,7 @@ def parser(cls, description, presets=None, **extra) -> argparse.ArgumentParser:
         if kind is list:                  # list fields: one or more values of the default's type
             kw = dict(type=type(default[0]) if default else str, nargs="+")
         ap.add_argument(f"--{f.name}", default=None, metavar=kw["type"].__name__.upper(),
-                        help=f"{helps.get(f.name, '')} (default: {shown})", **kw)
+                        help=f"{helps.get(f.name, '')} (default: {shown})".replace("%", "%%"), **kw)
     return ap
 
 
@@ -64,7 +65,10 @@ def parse(cls, argv=None, description="", presets=None, **extra):
     """cls(**values) from defaults < preset < --config < flags; returns (config, other args)
     when `extra` adds arguments that are not fields, else the config."""
     args = vars(parser(cls, description, presets, **extra).parse_args(argv))
-    values = dict(presets[args.pop("preset")]) if presets else {}
+    values = dict(presets[args["preset"]]) if presets else {}
+    if presets and "preset" in {f.name for f in dataclasses.fields(cls)}:
+        values["preset"] = args["preset"]
+    args.pop("preset", None)
     path = args.pop("config")
     if path:
         try:
@@ -83,6 +87,16 @@ def make(cls, values):
     if unknown:
         raise ValueError(f"config: unknown field(s) {sorted(unknown)}")
     return cls(**values)
+
+
+def check_fresh(path, overwrite, *names):
+    """Refuse (ValueError) to write where a finished run is, unless overwrite: path is a file
+    that exists, or a folder holding one of `names`."""
+    path = Path(path)
+    found = [path] if path.is_file() else [path / n for n in names if (path / n).exists()]
+    if found and not overwrite:
+        raise ValueError(f"{found[0]} exists (an earlier run's output): choose another output "
+                         "path, or pass --overwrite to replace it")
 
 
 def main(prog, fn):
@@ -118,3 +132,52 @@ def peak_memory(device) -> tuple:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
+
+
+def _hms(s):
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    """One progress line for a loop of `total` steps: `what i/total, rate, elapsed, ETA, note`.
+    On a terminal (log is print, stdout a TTY) the line is rewritten in place; into a log
+    (a file, a pipe, or any other log function) a line goes at most every `every` seconds.
+    update(..., keep=True) makes a line permanent in both; the last step always is; end()
+    finishes a half-written terminal line before other output (a loop left early).
+
+        bar = cli.Progress("[eval] ppl", n_windows, "window")
+        for i in range(n_windows):
+            ...
+            bar.update(i + 1, f"ppl {ppl:.2f}")
+    """
+
+    def __init__(self, what, total, unit="it", log=print, every=30.0, start=0):
+        self.what, self.total, self.unit, self.log, self.every = what, total, unit, log, every
+        self.tty, self.open, self.start = log is print and sys.stdout.isatty(), False, start
+        self.t0 = self.shown = time.time()
+
+    def line(self, i, note=""):
+        el = time.time() - self.t0
+        rate = (i - self.start) / el if el > 0 else 0.0      # start: steps done before (--resume)
+        speed = f"{rate:.2f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.2f} s/{self.unit}"
+        eta = f", ETA {_hms((self.total - i) / rate)}" if 0 < rate and i < self.total else ""
+        return (f"{self.what} {i}/{self.total} ({speed}, {_hms(el)} elapsed{eta})"
+                f"{'  ' + note if note else ''}")
+
+    def update(self, i, note="", keep=False):
+        now, last = time.time(), i >= self.total
+        if self.tty:
+            if keep or last or now - self.shown >= 0.2:
+                end = "\n" if keep or last else ""
+                sys.stdout.write("\r\033[K" + self.line(i, note) + end)
+                sys.stdout.flush()
+                self.shown, self.open = now, not end
+        elif keep or last or now - self.shown >= self.every:
+            self.log(self.line(i, note))
+            self.shown = now
+
+    def end(self):
+        if self.open:
+            sys.stdout.write("\n")
+            self.open = False

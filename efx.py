@@ -395,6 +395,7 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
         for b in range(0, nsamples, o.batch_size):
             xs[b:b + o.batch_size] = emb(calib_ids[b:b + o.batch_size].to(dev)).to(where)
         cos, sin = model.rope(T, dev)
+        bar = cli.Progress(f"efx.prune: {o.method} block", len(layers), "block", log)
         for i, block in enumerate(layers):
             t0 = time.time()
             stats = calibrate_block(block, xs, cos, sin, o.needs_H, o.batch_size)
@@ -413,6 +414,7 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
                 _prune_map(mod, name, full, stats[name], Ws, info, o, score_state, gen, cfg)
                 for note in info.get("damping_increased", []):
                     report["damping_increased"].append({"map": full, **note})
+                    bar.end()
                     log(f"efx.prune: {full}: {note['what']} singular, damping "
                         f"{note['from']:g} -> {note['to']:g}")
                 report["maps"][full] = sparsity_of(mod.weight, o.nm)
@@ -426,8 +428,7 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
             z = [report["maps"][full] for full in names.values()]
             bs = sum(v["zeros"] for v in z) / sum(v["numel"] for v in z)
             report["blocks"].append({"block": i, "time_s": time.time() - t0, "sparsity": bs})
-            log(f"efx.prune: block {i + 1}/{len(layers)} sparsity {bs:.4f} "
-                f"{time.time() - t0:.2f}s (elapsed {time.time() - t_start:.1f}s)")
+            bar.update(i + 1, f"sparsity {bs:.4f}")
     finally:
         model.train(was_training)
     maps = report["maps"].values()

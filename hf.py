@@ -1,4 +1,4 @@
-"""hf.py: the files of an HF checkpoint directory, read and written with their errors named.
+"""hf.py: the files efx reads and writes, each error naming its file.
 
 * config.json: the two HF dialects -> the fields model.Config takes, refusing what the decoder
   cannot run (config_from_hf), and back (config_to_hf).
@@ -6,6 +6,7 @@
   executed or unpickled. Writes go to a temporary file and are renamed into place.
 * tokenizer.json via `tokenizers`, with the special ids of tokenizer_config.json / config.json
   / generation_config.json.
+* train.py's checkpoint (weights, adapters, optimizer, RNG) for --resume.
 
 No project imports: model.py builds the Transformer on top of these (load_model, save_model).
 Every bad file raises ValueError / FileNotFoundError naming the file.
@@ -16,6 +17,7 @@ import shutil
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -122,25 +124,6 @@ def atomic_write_text(text: str, fn: Path):
     os.replace(tmp, fn)
 
 
-def save_state(tensors: dict, state: dict, fn: Path):
-    """A training checkpoint: tensors plus a JSON-able dict in the metadata, written atomically
-    (a kill at any moment leaves the previous file intact)."""
-    tmp = Path(str(fn) + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"state": json.dumps(state), "format": "pt"})
-    os.replace(tmp, fn)
-
-
-def load_state(fn: Path) -> tuple:
-    """(tensors, state) of save_state; a truncated or foreign file raises ValueError naming it."""
-    try:
-        with safe_open(str(fn), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["state"])
-    except (SafetensorError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{fn}: not a readable checkpoint ({type(e).__name__}: {e}); "
-                         "delete it to start over") from None
-
-
 def weight_files(path: Path) -> dict:
     """{tensor name: safetensors file} from model.safetensors or a sharded index."""
     index, single = path / "model.safetensors.index.json", path / "model.safetensors"
@@ -167,6 +150,52 @@ def copy_tokenizer_files(src, dst):
         for fn in TOKENIZER_FILES:
             if (Path(src) / fn).exists():
                 shutil.copyfile(Path(src) / fn, Path(dst) / fn)
+
+
+# --------------------------------------------------------------------- training checkpoint
+def save_checkpoint(fn, maps, opt, score_state, state):
+    """train.py's checkpoint, one safetensors file (no pickle): the weights and adapters of
+    maps [(name, LoRALinear)], AdamW moments, score averages, RNG state; `state` (plain values)
+    as JSON in the metadata. Written atomically: a kill at any moment leaves the previous one."""
+    tensors = {f"model.{name}.{a}": getattr(m, a) for name, m in maps for a in ("weight", "lora_A", "lora_B")}
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    tensors.update({f"score.{k}": v for k, v in score_state.items()})
+    tensors["rng.cpu"] = torch.get_rng_state()
+    tmp = Path(str(fn) + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={"state": json.dumps(state), "format": "pt"})
+    os.replace(tmp, fn)
+
+
+def load_checkpoint(fn, maps, opt, score_state) -> dict:
+    """Restore what save_checkpoint wrote and return its state. A truncated or foreign file, or
+    one of another configuration, raises ValueError naming it (delete it to start over)."""
+    try:
+        with safe_open(str(fn), "pt") as f:
+            t, state = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["state"])
+    except (SafetensorError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{fn}: not a readable checkpoint ({type(e).__name__}: {e}); "
+                         "delete it to start over") from None
+    want = {f"model.{n}.{a}": getattr(m, a).shape for n, m in maps for a in ("weight", "lora_A", "lora_B")}
+    bad = [k for k, shape in want.items() if k not in t or t[k].shape != shape]
+    bad += [] if "rng.cpu" in t else ["rng.cpu"]
+    if bad:
+        raise ValueError(f"{fn}: tensors missing or of another shape {bad[:3]} ({len(bad)} in all): "
+                         "a checkpoint of another configuration? delete it to start over")
+    with torch.no_grad():
+        for name, m in maps:
+            for attr in ("weight", "lora_A", "lora_B"):
+                getattr(m, attr).copy_(t[f"model.{name}.{attr}"])
+    dev = maps[0][1].weight.device
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        keys = [k for k in t if k.startswith(f"optim.{i}.")]
+        if keys:
+            opt.state[p] = {k.split(".")[-1]: t[k].to(dev) if t[k].dim() else t[k] for k in keys}
+    score_state.update({k[len("score."):]: v for k, v in t.items() if k.startswith("score.")})
+    torch.set_rng_state(t["rng.cpu"])
+    return state
 
 
 # ------------------------------------------------------------------------------ tokenizer

@@ -23,7 +23,6 @@ import model as M
 
 
 @dataclasses.dataclass
-@dataclasses.dataclass
 class PruneConfig:
     """The one-shot run; every field is also a flag (--method wanda) and a --config key."""
     model: str = ""              # HF-layout model directory; "" -> assets.default_model_dir()
@@ -45,7 +44,8 @@ class PruneConfig:
     batch_size: int = 8          # calibration / perplexity windows per forward
     offload: bool = False        # hidden states on CPU, moved to the device per batch
     save: str = ""               # directory: pruned model (HF layout) + results.json
-    results: str = ""            # results JSON; default <save>/results.json, runs/efx_<method>.json
+    results: str = ""            # results JSON; default <save>/results.json, else runs/prune-<method>-<sparsity>-s<seed>.json
+    overwrite: bool = False      # replace an earlier run's --save folder / results file
 
 
 def check_config(c: PruneConfig) -> PruneConfig:
@@ -62,6 +62,12 @@ def check_config(c: PruneConfig) -> PruneConfig:
     for field in ("model", "calib", "eval_text"):
         if getattr(c, field) and not Path(getattr(c, field)).exists():
             raise FileNotFoundError(f"{field}: path {getattr(c, field)!r} does not exist")
+    if not c.results:
+        what = c.nm.replace(":", "of") if c.nm else round(100 * c.sparsity)
+        c.results = str(Path(c.save) / "results.json" if c.save else f"runs/prune-{c.method}-{what}-s{c.seed}.json")
+    cli.check_fresh(c.results, c.overwrite)
+    if c.save:
+        cli.check_fresh(c.save, c.overwrite, "model.safetensors", "results.json")
     return c
 
 
@@ -95,8 +101,7 @@ def run(cfg: PruneConfig) -> dict:
     results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "dense": dense,
                "pruned": pruned, "report": rep, "calib_offsets": offsets,
                "note": "weights are stored dense: the saved files do not shrink"}
-    default = Path(cfg.save) / "results.json" if cfg.save else Path(f"runs/prune_{cfg.method}.json")
-    out = Path(cfg.results) if cfg.results else default
+    out = Path(cfg.results)
     if cfg.save:
         M.save_model(model, cfg.save)
     out.parent.mkdir(parents=True, exist_ok=True)

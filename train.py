@@ -42,10 +42,14 @@ METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
 class TrainConfig:
     """One run; every field is a flag (--lora_r 8) and a --config key, checked at creation."""
     # what
+    preset: str = "default"         # named group of defaults: default (the main job on CPU) | smoke | paper
     model: str = ""                 # HF checkpoint dir; "" = the built-in SmolLM2-135M-Instruct
-    domain: str = "med"             # built-in domain (med | legal), used when --train is empty
+    domain: str = "med"             # built-in domain (med | legal): its training data when --train is empty
     train: str = ""                 # JSONL task file (SPEC section 10) to fine-tune on
-    out: str = "runs/main"          # output folder: model/, results.json, checkpoint
+    test: list = dataclasses.field(default_factory=list)   # JSONL task files to test dense start and result on
+    ppl_file: str = ""              # text for the perplexity metric; "" = the domain's (none with --train)
+    out: str = ""                   # output folder; "" = runs/<preset>-<data>-<method>-<sparsity>-s<seed>
+    overwrite: bool = False         # replace an earlier run's output in --out
     method: str = "efx"             # efx | dense | wanda | sparsegpt | magnitude
     sparsity: float = 0.5           # fraction of each of the seven maps pruned (rho)
     nm: str = ""                    # "2:4" etc.: N:M instead of unstructured (E10)
@@ -96,6 +100,7 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"config: {msg}")
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         try:                          # the pruning options are checked where they are defined
             prune_options(self, "foresight", self.sparsity, compensate=True)
         except ValueError as e:
@@ -116,9 +121,13 @@ class TrainConfig:
         need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         need(min(self.max_train, self.eval_max, self.eval_ppl_windows) >= 0,
              "max_train, eval_max and eval_ppl_windows must be >= 0")
-        for name in ("model", "train", "calib"):
-            p = getattr(self, name)
+        for name, p in [(n, getattr(self, n)) for n in ("model", "train", "calib", "ppl_file")] + \
+                [("test", p) for p in self.test]:
             need(not p or Path(p).exists(), f"{name}: path {p!r} does not exist")
+        if not self.out:      # named after what the run is, so that no run replaces another
+            what = "dense" if self.method == "dense" else \
+                f"{self.method}-{self.nm.replace(':', 'of') if self.nm else round(100 * self.sparsity)}"
+            self.out = f"runs/{self.preset}-{Path(self.train).stem if self.train else self.domain}-{what}-s{self.seed}"
 
 PRESETS = {
     # SPEC section 8 / the paper's reference hyper-parameters (one GPU).
@@ -184,47 +193,6 @@ def completion_loss(model, ids, labels, n_tokens):
     return model(ids, labels=labels, n_tokens=n_tokens)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path, model, opt, score_state, state):
-    """One safetensors file (no pickle): the seven maps' weights and adapters, AdamW moments,
-    score averages, RNG state; plain values in the metadata. Written to a temporary file and
-    renamed, so a kill at any moment leaves the previous checkpoint intact."""
-    tensors = {f"model.{name}.{a}": getattr(m, a).detach() for name, m in M.lora_modules(model)
-               for a in ("weight", "lora_A", "lora_B")}
-    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-        for k, v in opt.state.get(p, {}).items():
-            tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    tensors.update({f"score.{k}": v for k, v in score_state.items()})
-    tensors["rng.cpu"] = torch.get_rng_state()
-    hf.save_state(tensors, state, path)
-
-
-def load_checkpoint(path, model, opt, score_state):
-    """Restore what save_checkpoint wrote. A truncated or foreign file, or one of another
-    configuration, raises ValueError naming the checkpoint (delete it to start over)."""
-    t, state = hf.load_state(path)
-    want = {f"model.{n}.{a}": getattr(m, a).shape for n, m in M.lora_modules(model)
-            for a in ("weight", "lora_A", "lora_B")}
-    bad = [k for k, shape in want.items() if k not in t or t[k].shape != shape]
-    bad += [] if "rng.cpu" in t else ["rng.cpu"]
-    if bad:
-        raise ValueError(f"{path}: tensors missing or of another shape {bad[:3]} ({len(bad)} in all): "
-                         "a checkpoint of another configuration? delete it to start over")
-    dev = model.model.embed_tokens.weight.device
-    with torch.no_grad():
-        for name, m in M.lora_modules(model):
-            for attr in ("weight", "lora_A", "lora_B"):
-                getattr(m, attr).copy_(t[f"model.{name}.{attr}"])
-    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-        keys = [k for k in t if k.startswith(f"optim.{i}.")]
-        if keys:
-            opt.state[p] = {k.split(".")[-1]: t[k].to(dev) if t[k].dim() else t[k] for k in keys}
-    score_state.update({k[len("score."):]: v for k, v in t.items() if k.startswith("score.")})
-    torch.set_rng_state(t["rng.cpu"])
-    return state
-
-
 # ----------------------------------------------------------------------------- the run
 
 def run(cfg) -> dict:
@@ -268,7 +236,12 @@ class Job:
         if cfg.batch_size % (cfg.grad_accum * self.world):
             raise ValueError(f"config: batch_size {cfg.batch_size} must be divisible by grad_accum x ranks "
                              f"= {cfg.grad_accum * self.world}")
-        self.out = Path(cfg.out)
+        self.out, self.ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint.safetensors"
+        cli.check_fresh(self.out, cfg.overwrite or (cfg.resume and self.ckpt.exists()), "results.json")
+        if self.ckpt.exists() and not (cfg.resume or cfg.overwrite):
+            raise ValueError(f"{self.ckpt} exists (an unfinished run): --resume continues it, "
+                             "--overwrite starts over")
+        _log(f"[train] {cfg.preset} preset, output in {self.out}")
         torch.manual_seed(cfg.seed)
         t0 = time.time()                    # data first: bad input fails before the weights load
         model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
@@ -276,15 +249,28 @@ class Job:
         self.tok = tok = hf.load_tokenizer(model_dir, model_cfg)
         if cfg.nm:
             efx.check_nm_fits(model_cfg, cfg.nm)
-        self.dom = dom = data.default_domain(cfg.domain) if not cfg.train else None
+        dom = {} if cfg.train else data.default_domain(cfg.domain)    # own data, or a built-in domain
         examples = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
-        if cfg.max_train:    # a seeded sample across the tasks (the domain lists them task by task)
+        tests = {Path(f).stem: data.load_jsonl_tasks(f) for f in cfg.test} if cfg.test else dom.get("test", {})
+        self.ppl_text = Path(cfg.ppl_file).read_text() if cfg.ppl_file else dom.get("ppl_text")
+        if cfg.max_train and len(examples) > cfg.max_train:   # a seeded sample across the tasks
+            _log(f"[train] max_train={cfg.max_train} ({cfg.preset} preset): a seeded {cfg.max_train} of "
+                 f"the {len(examples)} training examples are used (--max_train 0: all)")
             pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
             examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
         self.encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
         if trunc["prompt_cut"] or trunc["completion_cut"]:
-            _log(f"[train] {trunc['prompt_cut']} prompts and {trunc['completion_cut']} completions of "
-                 f"{trunc['examples']} examples cut to max_len={cfg.max_len} tokens")
+            longest = max(len(tok.encode(e["prompt"])) + len(tok.encode(e["completion"])) for e in examples) + 2
+            _log(f"[train] max_len={cfg.max_len} ({cfg.preset} preset): {trunc['prompt_cut']} prompts "
+                 f"({trunc['prompt_cut'] / len(examples):.0%}) and {trunc['completion_cut']} completions of "
+                 f"{len(examples)} examples are cut; --max_len {longest} keeps every example whole")
+        capped = [k for k, v in tests.items() if cfg.eval_max and len(v) > cfg.eval_max]
+        if cfg.eval and capped:
+            _log(f"[train] eval_max={cfg.eval_max} ({cfg.preset} preset): only the first {cfg.eval_max} "
+                 f"items of {', '.join(f'{k} ({len(tests[k])})' for k in capped)} are tested (--eval_max 0: all)")
+        if cfg.train and not cfg.test:
+            _log(f"[train] no --test files: the result is saved but not evaluated (add --test FILE.jsonl, "
+                 f"or afterwards: python eval.py --model {self.out / 'model'} --tasks FILE.jsonl)")
         self.steps_per_epoch = spe = len(self.encoded) // cfg.batch_size   # last partial batch dropped
         if spe == 0:
             raise ValueError(f"train data {cfg.train or cfg.domain}: {len(self.encoded)} examples, "
@@ -295,7 +281,7 @@ class Job:
             self.calib_ids, offsets = data.calibration_windows(tok, calib_text, cfg.nsamples, cfg.seqlen, cfg.seed)
         except ValueError as e:
             raise ValueError(f"calib {cfg.calib or 'general corpus'}: {e}") from None
-        self.tests = {k: v[:cfg.eval_max] if cfg.eval_max else v for k, v in dom["test"].items()} if dom else {}
+        self.tests = {k: v[:cfg.eval_max] if cfg.eval_max else v for k, v in tests.items()}
         self.pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
         self.probe = next(data.batches(self.encoded, cfg.batch_size, cfg.seed, 0, self.pad, drop_last=True))
         self.times["data_s"] = time.time() - t0
@@ -312,7 +298,7 @@ class Job:
             if cfg.method == "efx" else set()
         self.n_calls = len(self.points) + 1              # efx: the intermediate calls + the final
         self.score_state, self.prune_reports, self.losses = {}, [], []
-        self.start_epoch, self.ckpt = 0, self.out / "checkpoint.safetensors"
+        self.start_epoch = 0
 
     def autocast(self):
         return torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda")
@@ -320,9 +306,9 @@ class Job:
     def evaluate(self, key):
         """The test tasks and the domain perplexity (rank 0; not for --resume's dense start).
         The peak memory reported is that of everything after the dense start's evaluation."""
-        if self.cfg.eval and self.tests and self.rank == 0 and not (key == "dense_start" and self.cfg.resume):
+        if self.cfg.eval and (self.tests or self.ppl_text) and self.rank == 0 and not (key == "dense_start" and self.cfg.resume):
             t0 = time.time()
-            self.results[key] = E.evaluate(self.model, self.tok, self.tests, self.dom["ppl_text"],
+            self.results[key] = E.evaluate(self.model, self.tok, self.tests, self.ppl_text,
                                            seqlen=self.cfg.eval_seqlen, log=_log,
                                            ppl_max_windows=self.cfg.eval_ppl_windows or None)
             self.times[f"eval_{key.split('_')[-1]}_s"] = time.time() - t0
@@ -342,6 +328,8 @@ class Job:
     def prune_call(self, method, compensate, average, tag, keep_scores=False):
         """One efx.prune call (SPEC section 8 PRUNE_CALL) with this run's options."""
         cfg, t = self.cfg, time.time()
+        if hasattr(self, "bar"):
+            self.bar.end()                  # a half-written progress line on a terminal
         k, before = len(self.prune_reports) + 1, self.probe_loss()
         rho = ramp(cfg.sparsity, k, self.n_calls, cfg.sparsity_ramp) if method == "foresight" else cfg.sparsity
         o = prune_options(cfg, method, rho, compensate, average, seed=cfg.seed * 1000 + k - 1)
@@ -371,7 +359,7 @@ class Job:
         if cfg.resume and not self.ckpt.exists():
             _log(f"[train] --resume: no checkpoint at {self.ckpt}, starting from the beginning")
         if cfg.resume and self.ckpt.exists():
-            state = load_checkpoint(self.ckpt, self.model, self.opt, self.score_state)
+            state = hf.load_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state)
             self.start_epoch, self.losses = state["epoch"] + 1, state["losses"]
             self.prune_reports = state["prune_reports"]
             self.sched.load_state_dict(state["sched"])
@@ -380,6 +368,8 @@ class Job:
             _log(f"[train] resumed from {self.ckpt} after epoch {state['epoch']}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.t_train, self.tokens_seen = time.time(), 0
+        self.bar = cli.Progress("[train] step", self.total, "step", print if self.rank == 0 else (lambda *a: None),
+                                start=self.start_epoch * self.steps_per_epoch)
 
     def batches(self, epoch):
         """(global step, (ids, labels)) of one epoch; dropout seeded per epoch (--resume)."""
@@ -419,15 +409,13 @@ class Job:
         self.opt.zero_grad(set_to_none=True)
         self.losses.append(round(loss_sum, 6))
         self.tokens_seen += ids.numel()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == self.total:
-            el = time.time() - self.t_train
-            _log(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{self.total} loss {loss_sum:.4f} "
-                 f"lr {self.sched.get_last_lr()[0]:.2e} tok/s {self.tokens_seen / el:.0f} elapsed {el:.1f}s")
+        self.bar.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum:.4f} lr {self.sched.get_last_lr()[0]:.2e} "
+                        f"tok/s {self.tokens_seen / (time.time() - self.t_train):.0f}", keep=(step + 1) % cfg.log_every == 0)
 
     def checkpoint(self, epoch):
         self.times["train_s"] = time.time() - self.t_train      # after the last epoch: training
         if self.rank == 0:
-            save_checkpoint(self.ckpt, self.model, self.opt, self.score_state,
+            hf.save_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state,
                             {"epoch": epoch, "losses": self.losses, "prune_reports": self.prune_reports,
                              "sched": self.sched.state_dict()})
         if self.world > 1:

@@ -733,3 +733,7 @@ def test_s3_cli_one_shot_on_tiny_checkpoint(tiny_ckpt, tmp_path):
     reloaded = M.load_model(out)
     for _, m in M.lora_modules(reloaded):
         assert ((m.weight == 0).sum(1) == m.in_features // 2).all()
+    before = (out / "model.safetensors").read_bytes()       # a second run into --save is refused
+    with pytest.raises(SystemExit, match=r"pruned/results\.json exists .*--overwrite"):
+        prune.main(["--model", str(ckpt), "--save", str(out), "--calib", str(tmp_path / "calib.txt")])
+    assert (out / "model.safetensors").read_bytes() == before

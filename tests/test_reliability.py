@@ -550,12 +550,12 @@ def test_s11_nonfinite_stops_training_last_checkpoint_intact(tmp_path, world, mo
     """NaN in the loss (step 3, the first of epoch 2) or inf in a calibration statistic (the
     pruning call before epoch 2): train.py stops with a one-line error; the checkpoint of epoch
     1 is byte for byte what was written and loads; no final model or results are written."""
-    saved, real_save = [], train.save_checkpoint
+    saved, real_save = [], hf.save_checkpoint
 
     def save(path, *a, **kw):
         real_save(path, *a, **kw)
         saved.append(_sha(path))
-    monkeypatch.setattr(train, "save_checkpoint", save)
+    monkeypatch.setattr(hf, "save_checkpoint", save)
     if where == "loss":
         real_loss, calls = train.completion_loss, []
 
@@ -653,16 +653,16 @@ def test_s11_kill_during_checkpoint_write_keeps_previous(tmp_path, make_model, m
     model, opt = setup(0)
     ckpt = tmp_path / "checkpoint.safetensors"
     state = {"epoch": 0, "losses": [1.0], "prune_reports": [], "sched": {}}
-    train.save_checkpoint(ckpt, model, opt, {}, state)
+    hf.save_checkpoint(ckpt, M.lora_modules(model), opt, {}, state)
     good = _sha(ckpt)
     expected = {n: m.lora_A.detach().clone() for n, m in M.lora_modules(model)}
     later, later_opt = setup(1)
     monkeypatch.setattr(hf, "save_file", _torn_save)
     with pytest.raises(OSError, match="simulated kill"):
-        train.save_checkpoint(ckpt, later, later_opt, {}, {**state, "epoch": 1})
+        hf.save_checkpoint(ckpt, M.lora_modules(later), later_opt, {}, {**state, "epoch": 1})
     assert _sha(ckpt) == good
     fresh, fresh_opt = setup(2)
-    assert train.load_checkpoint(ckpt, fresh, fresh_opt, {})["epoch"] == 0
+    assert hf.load_checkpoint(ckpt, M.lora_modules(fresh), fresh_opt, {})["epoch"] == 0
     for n, m in M.lora_modules(fresh):
         assert torch.equal(m.lora_A, expected[n]), n
 
@@ -674,11 +674,11 @@ def test_s11_resume_from_checkpoint_of_other_config_is_refused(tmp_path, make_mo
         return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     ckpt = tmp_path / "checkpoint.safetensors"
     model = M.add_lora(make_model(), 4, 8.0)
-    train.save_checkpoint(ckpt, model, adamw(model), {}, {"epoch": 0})
+    hf.save_checkpoint(ckpt, M.lora_modules(model), adamw(model), {}, {"epoch": 0})
     other = M.add_lora(make_model(), 8, 16.0)
     with pytest.raises(ValueError, match=r"checkpoint\.safetensors: tensors missing or of another "
                                          r"shape \['model\.model\.layers\.0\.self_attn\.q_proj\.lora_A'"):
-        train.load_checkpoint(ckpt, other, adamw(other), {})
+        hf.load_checkpoint(ckpt, M.lora_modules(other), adamw(other), {})
 
 
 def test_s11_kill_during_model_save_keeps_previous(tmp_path, make_model, monkeypatch):

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data  # noqa: E402
 import efx  # noqa: E402
+import hf  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
 
@@ -245,15 +247,15 @@ def test_s8_resume_bit_identical(base, monkeypatch, comp):
     so the RNG state must be restored too."""
     over = dict(epochs=3, lora_dropout=0.1, **comp)
     full = train.run(base("full", **over))
-    real = train.save_checkpoint
+    real = hf.save_checkpoint
 
     def crash_after_first(*a, **kw):
         real(*a, **kw)
         raise _Stop
-    monkeypatch.setattr(train, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(hf, "save_checkpoint", crash_after_first)
     with pytest.raises(_Stop):
         train.run(base("cut", **over))
-    monkeypatch.setattr(train, "save_checkpoint", real)
+    monkeypatch.setattr(hf, "save_checkpoint", real)
     ckpt = Path(base("cut")["out"]) / "checkpoint.safetensors"
     assert ckpt.exists() and not Path(str(ckpt) + ".tmp").exists()
     assert not (Path(base("cut")["out"]) / "model").exists()
@@ -378,3 +380,70 @@ class _no_check:
     def __exit__(self, kind, exc, tb):
         assert kind is SystemExit and exc.code == 2
         return True
+
+
+# ----------------------------------------------------------------------------- the user's path
+
+def test_s8_out_named_after_the_run_and_never_replaced(base, tmp_path):
+    """--out "" names the folder after preset, data, method, sparsity and seed; a folder that
+    holds a finished run (results.json) or an unfinished one (checkpoint) is refused unless
+    --overwrite (or --resume for the checkpoint); the refused run writes nothing."""
+    names = {train.parse_args(a).out for a in (
+        [], ["--preset", "smoke"], ["--method", "dense"], ["--nm", "2:4", "--seed", "3"],
+        ["--sparsity", "0.4", "--method", "wanda"])}
+    assert names == {"runs/default-med-efx-50-s0", "runs/smoke-med-efx-50-s0", "runs/default-med-dense-s0",
+                     "runs/default-med-efx-2of4-s3", "runs/default-med-wanda-40-s0"}
+    assert train.parse_args(["--train", base()["train"]]).out == "runs/default-train-efx-50-s0"
+    first = train.run(base("x", epochs=1, method="wanda"))
+    sha = (Path(first["config"]["out"]) / "results.json").read_bytes()
+    with pytest.raises(ValueError, match=r"x/results\.json exists .*--overwrite"):
+        train.run(base("x", epochs=1))
+    assert (Path(first["config"]["out"]) / "results.json").read_bytes() == sha
+    again = train.run(base("x", epochs=1, overwrite=True))
+    assert again["config"]["method"] == "efx"
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "checkpoint.safetensors").write_bytes(b"unfinished")
+    with pytest.raises(ValueError, match=r"checkpoint\.safetensors exists .*--resume continues it"):
+        train.run(base("y", epochs=1))
+
+
+def test_s8_own_train_and_test_files_print_the_table(base, tmp_path, capsys):
+    """--train + --test: the dense start and the result are tested on the test file and the
+    main job's table is printed; the caps that cut the user's data are stated, with the option
+    that avoids each, and that option does avoid it."""
+    rng = random.Random(1)
+    test_file = tmp_path / "mytask.jsonl"
+    test_file.write_text("".join(json.dumps({"prompt": _words(rng, 5), "completion": [" w1", " w2"][i % 2],
+                                             "choices": [" w1", " w2"], "label": i % 2}) + "\n" for i in range(6)))
+    res = train.run(base("own", epochs=1, max_train=4, max_len=8, eval=True, eval_max=4, test=[str(test_file)]))
+    out = capsys.readouterr().out
+    assert "max_train=4 (default preset): a seeded 4 of the 8 training examples are used" in out
+    assert "eval_max=4 (default preset): only the first 4 items of mytask (6) are tested" in out
+    cut = re.search(r"max_len=8 \(default preset\): (\d+) prompts \((\d+)%\).* --max_len (\d+) keeps", out)
+    assert cut and int(cut[1]) == res["truncation"]["prompt_cut"] > 0
+    table = out[out.index("metric"):]
+    assert re.search(r"mytask/accuracy\s+\d\.\d{4}\s+\d\.\d{4}", table)
+    assert res["dense_start"]["metrics"]["mytask/accuracy"] * 4 in (0, 1, 2, 3, 4)
+    whole = train.run(base("own2", epochs=1, max_train=4, max_len=int(cut[3])))
+    assert whole["truncation"]["prompt_cut"] == whole["truncation"]["completion_cut"] == 0
+    assert "no --test files" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["train", "prune"])
+def test_s8_help_lists_every_field_with_meaning_and_default(script, capsys):
+    """--help: every config field as a flag, with its comment and its default (the default
+    preset's value where one is set); a '%' in a comment does not break argparse."""
+    mod = __import__(script)
+    cls = train.TrainConfig if script == "train" else mod.PruneConfig
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())               # argparse wraps lines
+    helps = train.cli.field_help(cls)
+    for f in train.dataclasses.fields(cls):
+        assert f"--{f.name}" in text, f.name
+        assert " ".join(helps[f.name].split()) in text, f.name      # the meaning ...
+        if script == "train" and f.name in train.PRESETS["default"]:
+            assert f"(default: {train.PRESETS['default'][f.name]} in the default preset" in text, f.name
+        elif f.name != "preset":
+            assert re.search(rf"--{f.name} .*?\(default: ", text), f.name   # ... and the default
