@@ -59,6 +59,7 @@ def compare(domain, sparsities, methods=tuple(METHODS), base_cfg=None, out=None,
         tok = res.get("tokenizer") or hf.load_tokenizer(model.path)
         e = E.evaluate(model, tok, dom["test"], dom.get("ppl_text"), log=log,
                      ppl_corpus=f"{domain}:ppl_text", **eval_kw)
+        e.pop("predictions")                    # per-example records: eval.py writes them, not the table
         rows.append({"name": f"{name} @{s:.0%}", "method": name, "sparsity": s, "cfg": cfg,
                      "metrics": e["metrics"], "eval": e, "wall_s": wall, "peak_gb": peak,
                      "zeros": 100 * E.sparsity_report(model)["overall"]["sparsity"]})

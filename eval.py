@@ -1,5 +1,6 @@
 """Evaluation (SPEC section 9): perplexity, classification / multiple choice, summarisation,
-relative performance (% of dense) and the sparsity report.
+relative performance (% of dense) and the sparsity report. The CLI evaluates one model and
+writes results.json, results.md and predictions.jsonl (one record per example) to --out.
 
 * Perplexity: non-overlapping windows of the tokenised corpus (remainder dropped),
   PPL = exp(total NLL / predicted tokens), recorded with corpus, seqlen, windows and dtype.
@@ -9,10 +10,10 @@ relative performance (% of dense) and the sparsity report.
 * Relative performance: per-metric ratio to dense (perplexity inverted), mean x 100.
 
 Run (every field of EvalConfig is a flag; --help lists them; the comparison: compare.py):
-    python eval.py --model DIR --domain med --out runs/eval_med
-    python eval.py --model DIR --tasks a.jsonl b.jsonl --ppl_file corpus.txt --out runs/x
-Model interface: `model(input_ids (B,T)) -> logits (B,T,V)` at every position, `model.generate`;
-tokenizer `.encode(text, bos=False)`, `.decode(ids)`, `.eos_id` (hf.py).
+    python eval.py --domain med        # default model; out runs/eval-<name>, kept unless --overwrite
+    python eval.py --model runs/x/model --tasks a.jsonl --ppl_file corpus.txt     # name x
+Model: `model(ids (B,T)) -> logits (B,T,V)` at every position, `.generate`; tokenizer (hf.py)
+`.encode(text, bos=False)`, `.decode(ids)`, `.eos_id`.
 """
 import dataclasses
 import inspect
@@ -26,28 +27,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import assets
 import cli
 import data
 import hf
 import model as M
 
 
-def _device(model):
-    return next(model.parameters()).device
-
-
-def _dtype(model):
-    return next(model.parameters()).dtype
-
-
-def _wide(t):
-    """Log-softmax in float32 at least (bf16/fp16 logits), float64 kept (tests)."""
+def _wide(t):                  # log-softmax in float32 at least (bf16/fp16 logits), float64 kept
     return t if t.dtype == torch.float64 else t.float()
 
 
 # ----------------------------------------------------------------------------- perplexity
-
-def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_windows=None):
+def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_windows=None, log=None):
     """SPEC 9 perplexity with its protocol (what results JSON records).
 
     Each window of seqlen tokens predicts its last seqlen-1 tokens from the ones before it;
@@ -59,23 +51,24 @@ def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_win
         raise ValueError(f"eval.perplexity: seqlen must be >= 2, got {seqlen}")
     n = ids.numel() // seqlen                                # remainder dropped (SPEC 9)
     if n == 0:
-        raise ValueError(f"eval.perplexity: corpus has {ids.numel()} tokens, fewer than one "
-                         f"window of seqlen={seqlen}")
+        raise ValueError(f"eval.perplexity: {ids.numel()} corpus tokens, fewer than one window of seqlen={seqlen}")
     n = min(n, max_windows) if max_windows else n
     windows = ids[: n * seqlen].view(n, seqlen)              # (n, seqlen)
-    device, was_training = _device(model), model.training
+    device, was_training = next(model.parameters()).device, model.training
     model.eval()
     total = 0.0                                              # float64 sum over windows
+    bar = cli.Progress("[eval] ppl", n, "window", log=log or (lambda _: None))  # None: silent
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = windows[i:i + batch_size].to(device)         # (B, T)
             logits = model(x)                                # (B, T, V)
             for b in range(x.shape[0]):                      # float32 copy of one row at a time
                 total += F.cross_entropy(_wide(logits[b, :-1]), x[b, 1:], reduction="sum").item()
+            bar.update(i + len(x), f"ppl {math.exp(total / ((i + len(x)) * (seqlen - 1))):.3f}")
     model.train(was_training)
     return {"ppl": math.exp(total / (n * (seqlen - 1))), "corpus": corpus, "seqlen": seqlen,
             "windows": n, "predicted_tokens": n * (seqlen - 1), "corpus_tokens": ids.numel(),
-            "dtype": str(_dtype(model)).replace("torch.", "")}
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
 
 
 def perplexity(model, token_ids, seqlen, batch_size=8):
@@ -84,7 +77,6 @@ def perplexity(model, token_ids, seqlen, batch_size=8):
 
 
 # ----------------------------------------------------------------------------- choices
-
 def _prompt_ids(tok, prompt, max_len):
     """[BOS] + prompt ids as data.encode_example builds them for fine-tuning (BOS only when
     the tokenizer adds one); a too-long prompt keeps its end (cut from the left, as data.py)."""
@@ -95,10 +87,6 @@ def _prompt_ids(tok, prompt, max_len):
     if max_len:
         ids = ids[max(len(ids) - (max_len - add), 0):]
     return [bos] * add + ids
-
-
-def _supports_cache(model):
-    return "cache" in inspect.signature(model.forward).parameters
 
 
 def choice_logliks(model, prompt_ids, choice_ids, batched=True):
@@ -115,8 +103,7 @@ def choice_logliks(model, prompt_ids, choice_ids, batched=True):
         raise ValueError("eval.choice_logliks: prompt_ids is empty (need >= 1 context token)")
     if any(len(c) == 0 for c in choice_ids):
         raise ValueError("eval.choice_logliks: a choice tokenised to zero tokens")
-    device, P = _device(model), len(prompt_ids)
-    L = max(len(c) for c in choice_ids)
+    device, P, L = next(model.parameters()).device, len(prompt_ids), max(map(len, choice_ids))
 
     def picked(logits, targets):               # logits (n, V), targets list[int] -> sum log p
         logp = torch.log_softmax(_wide(logits), dim=-1)
@@ -128,11 +115,8 @@ def choice_logliks(model, prompt_ids, choice_ids, batched=True):
         if not batched:                          # position P-1+j predicts choice token j
             scores = [picked(model(torch.tensor([prompt_ids + c], device=device))[0, P - 1:-1],
                              c) for c in choice_ids]
-        elif L == 1 or _supports_cache(model):
-            cache = None
-            if L > 1:
-                cache = M.KVCache(
-                    len(model.model.layers), P + L - 1)
+        elif L == 1 or "cache" in inspect.signature(model.forward).parameters:
+            cache = M.KVCache(len(model.model.layers), P + L - 1) if L > 1 else None
             x = torch.tensor([prompt_ids], device=device)                       # (1, P)
             first = (model(x) if cache is None else model(x, cache=cache))[0, -1]
             scores = [picked(first[None], c[:1]) for c in choice_ids]         # token 0
@@ -142,11 +126,9 @@ def choice_logliks(model, prompt_ids, choice_ids, batched=True):
                 scores = [s + (picked(rest[i, :len(c) - 1], c[1:]) if len(c) > 1 else 0.0)
                           for i, (s, c) in enumerate(zip(scores, choice_ids))]
         else:
-            x = torch.tensor([prompt_ids + c + [0] * (L - len(c)) for c in choice_ids],
-                             device=device)    # (C, P+L)
-            logits = model(x)
-            scores = [picked(logits[i, P - 1:P - 1 + len(c)], c)
-                      for i, c in enumerate(choice_ids)]
+            x = torch.tensor([prompt_ids + c + [0] * (L - len(c)) for c in choice_ids], device=device)
+            logits = model(x)                   # (C, P+L, V)
+            scores = [picked(logits[i, P - 1:P - 1 + len(c)], c) for i, c in enumerate(choice_ids)]
     model.train(was_training)
     return scores
 
@@ -172,8 +154,7 @@ def parse_answer(text, choices):
     In order: (1) the answer starts with a choice's words (the longest such choice: label
     words like "yes", or a whole option text); (2) a letter A-E / a-e first, alone or followed
     by ).: ("B", "(b)", "c)"); (3) exactly one choice's words occur somewhere in the answer."""
-    words = _norm_words(text)
-    cw = [_norm_words(c) for c in choices]
+    words, cw = _norm_words(text), [_norm_words(c) for c in choices]
     starts = [i for i, c in enumerate(cw) if c and words[:len(c)] == c]
     if starts:
         best = max(len(cw[i]) for i in starts)
@@ -195,28 +176,24 @@ def macro_f1(predictions, labels):
     if len(predictions) != len(labels):
         raise ValueError(f"eval.macro_f1: {len(predictions)} predictions, {len(labels)} labels")
     classes = sorted(set(labels) | {p for p in predictions if p is not None})
-    if not classes:
-        return 0.0
     f1s = []
     for c in classes:
         tp = sum(p == c and y == c for p, y in zip(predictions, labels))
         fp = sum(p == c and y != c for p, y in zip(predictions, labels))
         fn = sum(p != c and y == c for p, y in zip(predictions, labels))
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(f1s) / len(f1s)
+    return sum(f1s) / max(len(f1s), 1)          # no class at all: 0
 
 
 # ----------------------------------------------------------------------------- generation
-
 def greedy(model, tok, prompt, max_new_tokens, max_len=None):
     """Greedy decoding with the model's KV cache; returns the new text, cut at EOS."""
-    room = max_len - max_new_tokens if max_len else None
-    ids = _prompt_ids(tok, prompt, room)
+    ids = _prompt_ids(tok, prompt, max_len - max_new_tokens if max_len else None)
     was_training = model.training
     model.eval()
     with torch.no_grad():                       # eos_id None: the model's config EOS
-        out = model.generate(torch.tensor([ids], device=_device(model)), max_new_tokens,
-                             eos_id=tok.eos_id)
+        out = model.generate(torch.tensor([ids], device=next(model.parameters()).device),
+                             max_new_tokens, eos_id=tok.eos_id)
     model.train(was_training)
     eos = getattr(getattr(model, "config", None), "eos_token_id", None)
     eos = {tok.eos_id} | set(eos if isinstance(eos, list) else [eos])
@@ -230,8 +207,7 @@ def _ngrams(words, n):
 
 
 def _f1(overlap, n_pred, n_ref):
-    p = overlap / n_pred if n_pred else 0.0
-    r = overlap / n_ref if n_ref else 0.0
+    p, r = overlap / max(n_pred, 1), overlap / max(n_ref, 1)      # overlap 0 when a side is empty
     return 2 * p * r / (p + r) if p > 0 and r > 0 else 0.0
 
 
@@ -258,7 +234,6 @@ def rouge(prediction, reference):
 
 
 # ----------------------------------------------------------------------------- tasks
-
 def task_kind(name, examples):
     """'classification' if examples carry choices, 'summarisation' if a reference."""
     kinds = {"classification" if "choices" in ex else "summarisation" if "reference" in ex
@@ -269,78 +244,108 @@ def task_kind(name, examples):
     return kinds.pop()
 
 
-def eval_classification(model, tok, name, examples, mode="loglik", max_new_tokens=16,
-                        max_len=None, log=print, every=50):
-    preds, labels, t0 = [], [], time.time()
+def label_report(task, examples, preds, log=print, share=0.9, min_n=10):
+    """Gold and predicted counts per label, confusion {gold: {predicted: n}}, collapse check.
+    Labels are named by the choice texts when every example has the same choices (yes / no),
+    else by index "0", "1", ... (preds stay indices, macro_f1's classes); None is '<unparsable>'.
+    A model answering one label for >= share of >= min_n items while several gold labels
+    occur has learnt the label prior, not the task: one warning line and "collapse" (else None)."""
+    first, labels = examples[0]["choices"], [ex["label"] for ex in examples]
+    names = [c.strip() for c in first]
+    if any(ex["choices"] != first for ex in examples) or len(set(names)) < len(names):
+        names = [str(i) for i in range(max(len(ex["choices"]) for ex in examples))]
+    cols = names + ["<unparsable>"] * (None in preds)
+    conf = {g: dict.fromkeys(cols, 0) for g in names}
+    for p, y in zip(preds, labels):
+        conf[names[y]][cols[-1] if p is None else names[p]] += 1
+    out = {"labels": names, "gold_counts": {g: sum(row.values()) for g, row in conf.items()},
+           "pred_counts": {c: sum(row[c] for row in conf.values()) for c in cols},
+           "confusion": conf, "collapse": None}
+    top, n = Counter(p for p in preds if p is not None).most_common(1), len(preds)
+    if n >= min_n and len(set(labels)) > 1 and top and top[0][1] >= share * n:
+        (p, k), g = top[0], labels.count(top[0][0])
+        log(f"[eval] WARNING {task}: '{names[p]}' predicted for {k}/{n} items (gold {g}/{n}): "
+            f"the model answers one label; accuracy is no better than always answering it")
+        out["collapse"] = {"label": names[p], "predicted": k, "gold": g, "n": n, "share": k / n}
+    return out
+
+
+def eval_classification(model, tok, task, examples, mode="loglik", max_new_tokens=16,
+                        max_len=None, log=print, name=""):
+    """Accuracy, macro-F1, label_report; "predictions": one record per example (evaluate
+    moves them out of the metrics). name: the run's name, carried by every record."""
+    if mode not in ("loglik", "generate"):
+        raise ValueError(f"eval: mode must be 'loglik' or 'generate', got {mode!r}")
+    records, t0 = [], time.time()
+    bar = cli.Progress(f"[eval] {task}", len(examples), "item", log=log)
     for i, ex in enumerate(examples):
         if not 0 <= ex["label"] < len(ex["choices"]):
-            raise ValueError(f"eval: task {name!r} example {i}: label {ex['label']} outside "
-                             f"0..{len(ex['choices']) - 1}")
+            raise ValueError(f"eval: task {task!r} example {i}: label {ex['label']} not in 0..{len(ex['choices']) - 1}")
         if mode == "loglik":
             s = score_choices(model, tok, ex["prompt"], ex["choices"], max_len=max_len)
-            preds.append(max(range(len(s)), key=s.__getitem__))   # ties -> lowest index
-        elif mode == "generate":
-            preds.append(parse_answer(greedy(model, tok, ex["prompt"], max_new_tokens, max_len),
-                                      ex["choices"]))
+            pred, extra = max(range(len(s)), key=s.__getitem__), {"scores": s}  # ties -> lowest
         else:
-            raise ValueError(f"eval: mode must be 'loglik' or 'generate', got {mode!r}")
-        labels.append(ex["label"])
-        if (i + 1) % every == 0 or i + 1 == len(examples):
-            acc = sum(p == y for p, y in zip(preds, labels)) / len(labels)
-            log(f"[eval] {name} {i + 1}/{len(examples)} acc {acc:.4f} {time.time() - t0:.0f}s")
+            extra = {"text": greedy(model, tok, ex["prompt"], max_new_tokens, max_len)}
+            pred = parse_answer(extra["text"], ex["choices"])
+        records.append({"name": name, "task": task, "index": i, "id": ex.get("id"), "prediction": pred,
+                        "label": ex["label"], "correct": pred == ex["label"], **extra})
+        bar.update(i + 1, f"acc {sum(r['correct'] for r in records) / (i + 1):.4f}")
+    preds, labels = [r["prediction"] for r in records], [r["label"] for r in records]
     return {"kind": "classification", "mode": mode, "n": len(labels),
-            "accuracy": sum(p == y for p, y in zip(preds, labels)) / len(labels),
+            "accuracy": sum(r["correct"] for r in records) / len(labels),
             "macro_f1": macro_f1(preds, labels), "unparsable": preds.count(None),
-            "time_s": round(time.time() - t0, 2)}
+            "time_s": round(time.time() - t0, 2), **label_report(task, examples, preds, log),
+            "predictions": records}
 
 
-def eval_summarisation(model, tok, name, examples, max_new_tokens=128, max_len=None,
-                       log=print, every=10):
-    totals, samples, t0 = Counter(), [], time.time()
+def eval_summarisation(model, tok, task, examples, max_new_tokens=128, max_len=None, log=print, name=""):
+    totals, records, t0 = Counter(), [], time.time()
+    bar = cli.Progress(f"[eval] {task}", len(examples), "item", log=log)
     for i, ex in enumerate(examples):
         pred = greedy(model, tok, ex["prompt"], max_new_tokens, max_len).strip()
-        totals.update(rouge(pred, ex["reference"]))
-        if len(samples) < 2:
-            samples.append({"prediction": pred, "reference": ex["reference"]})
-        if (i + 1) % every == 0 or i + 1 == len(examples):
-            log(f"[eval] {name} {i + 1}/{len(examples)} rougeL {totals['rougeL'] / (i + 1):.4f}"
-                f" {time.time() - t0:.0f}s")
+        records.append({"name": name, "task": task, "index": i, "id": ex.get("id"), "prediction": pred,
+                        "label": ex["reference"], "rouge": rouge(pred, ex["reference"])})
+        totals.update(records[-1]["rouge"])
+        bar.update(i + 1, f"rougeL {totals['rougeL'] / (i + 1):.4f}")
     n = len(examples)                          # corpus score = mean of per-example F1
     return {"kind": "summarisation", "n": n, "max_new_tokens": max_new_tokens,
             **{k: totals[k] / n for k in ("rouge1", "rouge2", "rougeL")},
-            "samples": samples, "time_s": round(time.time() - t0, 2)}
+            "time_s": round(time.time() - t0, 2), "predictions": records}
 
 
-HEADLINE = {"classification": ("accuracy", "macro_f1"),
-            "summarisation": ("rouge1", "rouge2", "rougeL")}
+HEADLINE = {"classification": ("accuracy", "macro_f1"), "summarisation": ("rouge1", "rouge2", "rougeL")}
 
 
 def evaluate(model, tok, tasks, ppl_text=None, seqlen=512, max_examples=None, mode="loglik",
-             max_new_tokens=128, ppl_corpus="ppl_text", ppl_max_windows=None, log=print):
-    """Run every task (dict name -> examples) and the perplexity corpus.
+             max_new_tokens=128, ppl_corpus="ppl_text", ppl_max_windows=None, log=print, name=""):
+    """Run every task (dict name -> examples) and the perplexity corpus; name: the run's name.
 
-    Returns {"ppl": record or None, "tasks": {name: metrics}, "metrics": flat
-    {"ppl", "task/metric": value}} (the flat dict is what relative_performance takes)."""
+    Returns {"name", "ppl": record or None, "tasks": {task: metrics}, "metrics": flat
+    {"ppl", "task/metric": value} (what relative_performance takes), "predictions": one
+    record per example, task by task (write() puts them in predictions.jsonl)}."""
     if mode not in ("loglik", "generate"):
         raise ValueError(f"eval.evaluate: mode must be 'loglik' or 'generate', got {mode!r}")
     max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    out = {"ppl": None, "tasks": {}, "metrics": {}}
-    for name, examples in tasks.items():
+    out = {"name": name, "ppl": None, "tasks": {}, "metrics": {}, "predictions": []}
+    for task, examples in tasks.items():
         examples = examples[:max_examples] if max_examples else examples
         if not examples:
-            raise ValueError(f"eval: task {name!r} has no examples")
-        kind = task_kind(name, examples)
-        log(f"[eval] {name}: {len(examples)} {kind} examples")
+            raise ValueError(f"eval: task {task!r} has no examples")
+        kind = task_kind(task, examples)
+        log(f"[eval] {task}: {len(examples)} {kind} examples")
         if kind == "classification":
-            res = eval_classification(model, tok, name, examples, mode, max_len=max_len, log=log)
+            res = eval_classification(model, tok, task, examples, mode, max_len=max_len, log=log, name=name)
         else:
-            res = eval_summarisation(model, tok, name, examples, max_new_tokens, max_len, log)
-        out["tasks"][name] = res
-        out["metrics"].update({f"{name}/{k}": res[k] for k in HEADLINE[kind]})
+            res = eval_summarisation(model, tok, task, examples, max_new_tokens, max_len, log, name)
+        out["predictions"] += res.pop("predictions")
+        log(f"[eval] {task}: " + ", ".join(f"{k} {res[k]:.4f}" for k in HEADLINE[kind])
+            + f" ({res['n']} items, {res['time_s']:.0f}s)")
+        out["tasks"][task] = res
+        out["metrics"].update({f"{task}/{k}": res[k] for k in HEADLINE[kind]})
     if ppl_text:
         ids = tok.encode(ppl_text, bos=False)       # tokenised once (SPEC 9)
         rec = perplexity_record(model, ids, min(seqlen, len(ids)), ppl_corpus,
-                                max_windows=ppl_max_windows)
+                                max_windows=ppl_max_windows, log=log)
         log(f"[eval] ppl {rec['ppl']:.3f} ({rec['windows']} windows of {rec['seqlen']})")
         out["ppl"], out["metrics"]["ppl"] = rec, rec["ppl"]
     return out
@@ -350,48 +355,41 @@ def relative_performance(method_metrics, dense_metrics):
     """SPEC 9: per metric m_method / m_dense (perplexity: ppl_dense / ppl_method); mean x 100.
 
     Both arguments are flat {metric: value}; a metric is a perplexity when its name contains
-    'ppl' or 'perplexity'. Metrics missing on either side or with a zero denominator are
-    listed under 'skipped' rather than guessed."""
+    'ppl' or 'perplexity'; one missing on a side or with a zero denominator goes to 'skipped'."""
     ratios, skipped = {}, []
     for k, d in dense_metrics.items():
         m = method_metrics.get(k)
-        is_ppl = "ppl" in k.lower() or "perplexity" in k.lower()
-        num, den = (d, m) if is_ppl else (m, d)
+        num, den = (d, m) if "ppl" in k.lower() or "perplexity" in k.lower() else (m, d)
         if m is None or not den:
             skipped.append(k)
-            continue
-        ratios[k] = num / den
+        else:
+            ratios[k] = num / den
     mean = 100 * sum(ratios.values()) / len(ratios) if ratios else float("nan")
     return {"ratios": ratios, "percent_of_dense": mean, "skipped": skipped}
 
 
 def sparsity_report(model, nm=None):
-    """SPEC 9: exact zeros of the weight each of the seven maps uses in its forward
-    (W + s B A), per map, per block and overall, each as {"zeros",
-    "numel", "sparsity"} (efx.prune's format); with nm=(N, M), "nm_valid": every group of M
-    consecutive columns holds >= N zeros in every row. Storage stays dense: the saved file
-    does not shrink."""
-    per_map = {}
-    for name, mod in model.named_modules():
-        if name.rsplit(".", 1)[-1] in M.SEVEN_MAPS:
-            with torch.no_grad():
+    """SPEC 9: exact zeros of the weight each of the seven maps uses in its forward (W + s B A),
+    per map, per block and overall, each as {"zeros", "numel", "sparsity"} (efx.prune's format);
+    with nm=(N, M), "nm_valid": every group of M consecutive columns holds >= N zeros in every
+    row. Storage stays dense: the saved file does not shrink."""
+    per_map, blocks = {}, {}
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if name.rsplit(".", 1)[-1] in M.SEVEN_MAPS:
                 W = mod.augmented_weight() if hasattr(mod, "augmented_weight") else mod.weight
-            per_map[name] = M.sparsity_of(W, nm)
+                per_map[name] = M.sparsity_of(W, nm)
+                block = name.split(".layers.")[1].split(".")[0] if ".layers." in name else "?"
+                blocks.setdefault(block, []).append(per_map[name])
 
     def total(entries):
         z, t = sum(e["zeros"] for e in entries), sum(e["numel"] for e in entries)
         return {"zeros": z, "numel": t, "sparsity": z / max(t, 1)}
-    blocks = {}
-    for name, e in per_map.items():
-        blocks.setdefault(name.split(".layers.")[1].split(".")[0] if ".layers." in name else "?",
-                          []).append(e)
     return {"overall": total(per_map.values()), "per_block": {k: total(v) for k, v in blocks.items()},
-            "per_map": per_map, "nm": nm,
-            "nm_valid": all(e["nm_valid"] for e in per_map.values()) if nm else None}
+            "per_map": per_map, "nm": nm, "nm_valid": all(e["nm_valid"] for e in per_map.values()) if nm else None}
 
 
 # ----------------------------------------------------------------------------- tables, CLI
-
 def markdown_table(rows, metric_keys):
     """rows: dicts with 'name', 'metrics' and optional 'zeros', 'rel', 'wall_s', 'peak_gb'."""
     names = {"zeros": "zeros %", "rel": "% of dense", "wall_s": "wall s", "peak_gb": "peak GB"}
@@ -399,29 +397,46 @@ def markdown_table(rows, metric_keys):
     head = ["method"] + list(metric_keys) + [names[k] for k in extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r["name"]] + [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-"
-                              for k in metric_keys]
+        vals = [r["name"]] + [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-" for k in metric_keys]
         vals += [f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-" for k in extra]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write(out, results, table):
-    """results.json and the Markdown table results.md in folder `out`."""
+    """In folder `out`: results.json (all but the per-example records), the Markdown table
+    results.md and, when results has "predictions", predictions.jsonl."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    small = {k: v for k, v in results.items() if k != "predictions"}    # kept small: no records
+    hf.atomic_write_text(json.dumps(small, indent=2, default=str), out / "results.json")
     (out / "results.md").write_text(table)
+    if "predictions" in results:
+        write_predictions(out / "predictions.jsonl", results)
+
+
+def write_predictions(path, result):
+    """predictions.jsonl at path: evaluate()'s result["predictions"] (or a list), one per line."""
+    records = result["predictions"] if isinstance(result, dict) else result
+    Path(path).write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+
+
+def run_name(model_dir):
+    """<run> for a model folder .../<run>/model (train.py's layout), else the folder's name."""
+    p = Path(model_dir).resolve()
+    return p.parent.name if p.name == "model" and p.parent.name else p.name
 
 
 @dataclasses.dataclass
 class EvalConfig:
     """One evaluation; every field is a flag (--seqlen 512) and a --config key."""
-    model: str = ""              # HF-layout model directory to evaluate
+    model: str = ""              # HF-layout model directory ("" = the built-in default model)
+    name: str = ""               # run name in the table, results and predictions ("" = from --model)
     domain: str = ""             # built-in test sets and perplexity text: med | legal
     tasks: list = dataclasses.field(default_factory=list)   # JSONL task files (SPEC 10); name = file stem
     ppl_file: str = ""           # text file for perplexity ("" = the domain's)
-    out: str = "runs/eval"       # folder for results.json and results.md
+    out: str = ""                # folder for results.json, results.md, predictions.jsonl ("" = runs/eval-<name>)
+    overwrite: bool = False      # replace the results of an earlier evaluation in --out
     seqlen: int = 512            # perplexity window and prompt length
     max_examples: int = 0        # first N examples per task (0 = all)
     ppl_max_windows: int = 0     # first N perplexity windows (0 = all)
@@ -431,27 +446,30 @@ class EvalConfig:
     dtype: str = "float32"       # float32 | bfloat16 | float16
 
     def __post_init__(self):     # every value, before a model is loaded
-        if not self.model or not (self.domain or self.tasks):
-            raise ValueError("need --model and one of --domain / --tasks")
+        if not (self.domain or self.tasks):
+            raise ValueError("need one of --domain / --tasks")
         for field, allowed in (("domain", ("", "med", "legal")), ("mode", ("loglik", "generate")),
                                ("dtype", ("float32", "bfloat16", "float16"))):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r}, expected one of {allowed}")
         if self.seqlen < 2 or min(self.max_examples, self.ppl_max_windows) < 0 or self.max_new_tokens < 1:
-            raise ValueError(f"need seqlen >= 2, max_examples and ppl_max_windows >= 0, max_new_tokens"
-                             f" >= 1; got {self.seqlen}, {self.max_examples}, {self.ppl_max_windows}, "
-                             f"{self.max_new_tokens}")
-        for field, paths in (("model", [self.model]), ("tasks", self.tasks), ("ppl_file", [self.ppl_file])):
-            for p in paths:
-                if p and not Path(p).exists():
-                    raise FileNotFoundError(f"{field}: path {p!r} does not exist")
+            raise ValueError(f"need seqlen >= 2, max_examples and ppl_max_windows >= 0, max_new_tokens >= 1;"
+                             f" got {self.seqlen}, {self.max_examples}, {self.ppl_max_windows}, {self.max_new_tokens}")
+        for field, p in [("model", self.model), ("ppl_file", self.ppl_file)] + [("tasks", t) for t in self.tasks]:
+            if p and not Path(p).exists():
+                raise FileNotFoundError(f"{field}: path {p!r} does not exist")
 
 
 def main(argv=None):
-    return cli.main("eval.py", lambda: run(cli.parse(EvalConfig, argv, __doc__.split("\n")[0])))
+    return cli.main("eval.py", lambda: run(cli.parse(EvalConfig, argv, __doc__.split("\n\n")[0])))
 
 
 def run(c: EvalConfig) -> dict:
+    model_dir = Path(c.model) if c.model else assets.default_model_dir()
+    name = c.name or run_name(model_dir)                # recorded resolved (results.json config)
+    c = dataclasses.replace(c, model=str(model_dir), name=name, out=c.out or f"runs/eval-{name}")
+    cli.check_fresh(c.out, c.overwrite, "results.json")
+    print(f"[eval] model {model_dir} (name {name}) -> {c.out}")
     config = M.load_config(c.model)                     # input checks before the weights load
     tok = hf.load_tokenizer(c.model, config)
     tasks, ppl_text, corpus = {}, None, ""
@@ -469,9 +487,9 @@ def run(c: EvalConfig) -> dict:
     model = M.load_model(c.model, device=device, dtype=getattr(torch, c.dtype))
     res = evaluate(model, tok, tasks, ppl_text, ppl_corpus=corpus, seqlen=c.seqlen,
                    max_examples=c.max_examples or None, mode=c.mode, max_new_tokens=c.max_new_tokens,
-                   ppl_max_windows=c.ppl_max_windows or None)
+                   ppl_max_windows=c.ppl_max_windows or None, name=name)
     res.update(sparsity=sparsity_report(model), config=dataclasses.asdict(c))
-    table = markdown_table([{"name": Path(c.model).name, "metrics": res["metrics"]}], list(res["metrics"]))
+    table = markdown_table([{"name": name, "metrics": res["metrics"]}], list(res["metrics"]))
     write(c.out, res, table)
     print(table)
     return res

@@ -308,9 +308,11 @@ class Job:
         The peak memory reported is that of everything after the dense start's evaluation."""
         if self.cfg.eval and (self.tests or self.ppl_text) and self.rank == 0 and not (key == "dense_start" and self.cfg.resume):
             t0 = time.time()
-            self.results[key] = E.evaluate(self.model, self.tok, self.tests, self.ppl_text,
-                                           seqlen=self.cfg.eval_seqlen, log=_log,
-                                           ppl_max_windows=self.cfg.eval_ppl_windows or None)
+            res = E.evaluate(self.model, self.tok, self.tests, self.ppl_text, seqlen=self.cfg.eval_seqlen, log=_log,
+                             ppl_max_windows=self.cfg.eval_ppl_windows or None, name=self.out.name)
+            self.out.mkdir(parents=True, exist_ok=True)       # per-example records: predictions_<key>.jsonl
+            E.write_predictions(self.out / f"predictions_{key}.jsonl", res.pop("predictions"))
+            self.results[key] = res
             self.times[f"eval_{key.split('_')[-1]}_s"] = time.time() - t0
         if key == "dense_start":
             cli.reset_peak_memory(self.device)

@@ -1,6 +1,8 @@
 """Tests of eval.py (SPEC section 9) on hand-built fakes and, when model.py exists, a tiny
 Transformer. Every expected number is derived by hand in the comments."""
+import json
 import math
+import shutil
 import sys
 import types
 
@@ -296,7 +298,6 @@ def test_s9_sparsity_report(make_model):
 
 def test_s9_cli_end_to_end(make_ckpt, tmp_path):
     pytest.importorskip("data")
-    import json
     ckpt, _ = make_ckpt()                     # word-level tokenizer: w0 .. w124
     mc = tmp_path / "mc.jsonl"
     mc.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "completion": " w7",
@@ -365,3 +366,141 @@ def test_s9_greedy_tiny_transformer_matches_argmax_loop(make_model):
     eos = m.config.eos_token_id
     new = want[3:][:want[3:].index(eos)] if eos in want[3:] else want[3:]
     assert got == " ".join(map(str, new))
+
+
+# ----------------------------------------------------------------------------- trustworthy output
+
+WORDS = ["yes", "no", "maybe", "q0", "q1", "q2"]          # one token per word
+WTOK = types.SimpleNamespace(encode=lambda t, bos=False: [WORDS.index(w) for w in t.split()],
+                             eos_id=None)
+
+
+def prefers(picks):
+    """Bigram whose answer after prompt word q<k> is the choice picks[k]: P(picks[k]) = 0.5, every
+    other word 0.1; so the scores of yes/no/maybe after q<k> are log .5 / log .1."""
+    P = [[1 / 6] * 6 for _ in range(3)]
+    for k in range(3):
+        P.append([0.5 if j == picks[k] else 0.1 for j in range(6)])
+    return Bigram(P)
+
+
+def qa(pairs, **extra):
+    """Examples from (prompt word, gold index) pairs, choices yes / no / maybe."""
+    choices = [" yes", " no", " maybe"]
+    return [{"prompt": q, "completion": choices[y], "choices": choices, "label": y, **extra}
+            for q, y in pairs]
+
+
+def test_s9_predictions_file_and_counts(tmp_path):
+    m = prefers([0, 1, 2])                              # q0 -> yes, q1 -> no, q2 -> maybe
+    exs = qa([("q0", 0), ("q1", 0), ("q1", 1), ("q2", 1), ("q2", 2)])
+    exs[0] = {**exs[0], "id": "pmid-7"}
+    lines = []
+    res = ev.evaluate(m, WTOK, {"qa": exs}, log=lines.append, name="runA")
+    t = res["tasks"]["qa"]
+    # gold yes yes no no maybe, predicted yes no no maybe maybe -> 3 of 5 right
+    assert t["accuracy"] == pytest.approx(3 / 5) and t["labels"] == ["yes", "no", "maybe"]
+    assert t["gold_counts"] == {"yes": 2, "no": 2, "maybe": 1}
+    assert t["pred_counts"] == {"yes": 1, "no": 2, "maybe": 2}
+    assert t["confusion"] == {"yes": {"yes": 1, "no": 1, "maybe": 0},
+                              "no": {"yes": 0, "no": 1, "maybe": 1},
+                              "maybe": {"yes": 0, "no": 0, "maybe": 1}}
+    assert t["collapse"] is None and "predictions" not in t
+    assert any(ln.startswith("[eval] qa 5/5") for ln in lines)           # cli.Progress line
+    ev.write(tmp_path, res, "table\n")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert "predictions" not in saved and saved["name"] == "runA"
+    recs = [json.loads(ln) for ln in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["prediction"], r["label"], r["correct"]) for r in recs] == [
+        (0, 0, 0, True), (1, 1, 0, False), (2, 1, 1, True), (3, 2, 1, False), (4, 2, 2, True)]
+    assert {r["name"] for r in recs} == {"runA"} and {r["task"] for r in recs} == {"qa"}
+    assert recs[0]["id"] == "pmid-7" and recs[1]["id"] is None
+    want = [math.log(0.5), math.log(0.1), math.log(0.1)]            # q0: yes 0.5, no/maybe 0.1
+    assert recs[0]["scores"] == pytest.approx(want, abs=TOL32)
+    ev.write_predictions(tmp_path / "p2.jsonl", res)                 # the helper train.py calls
+    assert (tmp_path / "p2.jsonl").read_text() == (tmp_path / "predictions.jsonl").read_text()
+
+
+def test_s9_summary_record_and_index_labels():
+    tok = CharTok()
+    res = ev.eval_summarisation(Scripted(tok, ["the cat"]), tok, "sum",
+                                [{"prompt": "a", "reference": "the cat sat"}], log=lambda *_: None)
+    (r,) = res["predictions"]
+    assert (r["prediction"], r["label"]) == ("the cat", "the cat sat")
+    assert r["rouge"] == pytest.approx(ev.rouge("the cat", "the cat sat"))
+    # option texts differ per example: labels are indices; None counts as '<unparsable>'
+    exs = [{"choices": ["a x", "b y"], "label": 0}, {"choices": ["c", "d", "e"], "label": 2},
+           {"choices": ["f", "g"], "label": 1}]
+    rep = ev.label_report("mc", exs, [1, 2, None], log=lambda *_: None)
+    assert rep["labels"] == ["0", "1", "2"]
+    assert rep["gold_counts"] == {"0": 1, "1": 1, "2": 1}
+    assert rep["pred_counts"] == {"0": 0, "1": 1, "2": 1, "<unparsable>": 1}
+    assert rep["confusion"]["0"] == {"0": 0, "1": 1, "2": 0, "<unparsable>": 0}
+    assert rep["confusion"]["1"]["<unparsable>"] == 1
+
+
+def test_s9_collapse_warning():
+    # 12 items, gold 7 yes / 5 no; a model that always answers yes
+    exs = qa([("q0", 0)] * 4 + [("q1", 0)] * 3 + [("q1", 1)] * 2 + [("q2", 1)] * 3)
+    lines = []
+    t = ev.evaluate(prefers([0, 0, 0]), WTOK, {"pqa": exs}, log=lines.append)["tasks"]["pqa"]
+    warn = [ln for ln in lines if "WARNING" in ln]
+    assert len(warn) == 1 and warn[0].startswith("[eval] WARNING pqa: 'yes' predicted for 12/12 "
+                                                 "items (gold 7/12)")
+    assert t["collapse"] == {"label": "yes", "predicted": 12, "gold": 7, "n": 12, "share": 1.0}
+    # a balanced model (q0 -> yes, q1 -> no, q2 -> maybe: 4/5/3 answers): no warning
+    lines = []
+    t = ev.evaluate(prefers([0, 1, 2]), WTOK, {"pqa": exs}, log=lines.append)["tasks"]["pqa"]
+    assert t["collapse"] is None and not any("WARNING" in ln for ln in lines)
+    assert t["pred_counts"] == {"yes": 4, "no": 5, "maybe": 3}
+    # thresholds: 9 of 10 fires, 8 of 10 does not; one gold label or < 10 items never fires
+    ten = qa([("q0", 0)] * 5 + [("q0", 1)] * 5)
+    quiet = lambda *_: None  # noqa: E731
+    assert ev.label_report("t", ten, [0] * 9 + [1], quiet)["collapse"]["share"] == 0.9
+    assert ev.label_report("t", ten, [0] * 8 + [1] * 2, quiet)["collapse"] is None
+    assert ev.label_report("t", qa([("q0", 0)] * 10), [0] * 10, quiet)["collapse"] is None
+    assert ev.label_report("t", ten[1:], [0] * 9, quiet)["collapse"] is None
+
+
+def test_s9_run_name():
+    assert ev.run_name("runs/wanda50/model") == "wanda50"
+    assert ev.run_name("runs/wanda50/model/") == "wanda50"
+    assert ev.run_name("/data/ckpts/smollm2-135m") == "smollm2-135m"
+
+
+def test_s9_ppl_progress_silent_by_default(capsys):
+    ids = torch.randint(0, 37, (100,), generator=torch.Generator().manual_seed(0))
+    lines = []
+    ev.perplexity_record(Uniform(37), ids, 16, batch_size=4, log=lines.append)
+    assert lines and lines[-1].startswith("[eval] ppl 6/6 ")          # 100 // 16 windows
+    ev.perplexity_record(Uniform(37), ids, 16, batch_size=4)
+    assert capsys.readouterr().out == ""
+
+
+def test_s9_cli_name_default_model_and_overwrite(make_ckpt, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("data")
+    ckpt, _ = make_ckpt()
+    run_dir = tmp_path / "myrun" / "model"                 # train.py's layout: <run>/model
+    shutil.copytree(ckpt, run_dir)
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"prompt": f"w{i}", "completion": [" w7", " w8"][i % 2],
+                                      "choices": [" w7", " w8"], "label": i % 2}) + "\n" for i in range(4)))
+    monkeypatch.chdir(tmp_path)                            # the default out is relative: runs/...
+    monkeypatch.setattr(ev.assets, "default_model_dir", lambda: run_dir)
+    argv = ["--tasks", str(mc), "--seqlen", "16", "--device", "cpu"]
+    ev.main(argv)                                          # no --model, no --out
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"[eval] model {run_dir} ")
+    out = tmp_path / "runs" / "eval-myrun"
+    res = json.loads((out / "results.json").read_text())
+    assert res["name"] == "myrun" and res["config"]["model"] == str(run_dir)
+    assert (out / "results.md").read_text().splitlines()[2].startswith("| myrun |")
+    recs = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and {r["name"] for r in recs} == {"myrun"}
+    with pytest.raises(SystemExit, match=r"eval-myrun/results\.json exists .*--overwrite"):
+        ev.main(argv)                                      # an earlier evaluation is kept
+    ev.main(argv + ["--overwrite", "--max_examples", "2"])
+    assert json.loads((out / "results.json").read_text())["tasks"]["mc"]["n"] == 2
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(SystemExit):
+        ev.main(["--help"])
+    assert "relative performance (% of dense) and the sparsity report." in capsys.readouterr().out

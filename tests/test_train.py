@@ -423,7 +423,11 @@ def test_s8_own_train_and_test_files_print_the_table(base, tmp_path, capsys):
     assert cut and int(cut[1]) == res["truncation"]["prompt_cut"] > 0
     table = out[out.index("metric"):]
     assert re.search(r"mytask/accuracy\s+\d\.\d{4}\s+\d\.\d{4}", table)
-    assert res["dense_start"]["metrics"]["mytask/accuracy"] * 4 in (0, 1, 2, 3, 4)
+    for key in ("dense_start", "final"):     # eval_max: 4 of the 6 items, one record each
+        lines = (Path(res["config"]["out"]) / f"predictions_{key}.jsonl").read_text().splitlines()
+        recs = [json.loads(line) for line in lines]
+        assert [(r["name"], r["task"], r["index"]) for r in recs] == [("own", "mytask", i) for i in range(4)]
+        assert res[key]["metrics"]["mytask/accuracy"] == sum(r["correct"] for r in recs) / 4
     whole = train.run(base("own2", epochs=1, max_train=4, max_len=int(cut[3])))
     assert whole["truncation"]["prompt_cut"] == whole["truncation"]["completion_cut"] == 0
     assert "no --test files" in capsys.readouterr().out
