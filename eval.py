@@ -12,7 +12,7 @@ writes results.json, results.md and predictions.jsonl (one record per example) t
 Run (every field of EvalConfig is a flag; --help lists them; the comparison: compare.py):
     python eval.py --domain med        # default model; out runs/eval-<name>, kept unless --overwrite
     python eval.py --model runs/x/model --tasks a.jsonl --ppl_file corpus.txt     # name x
-Model: `model(ids (B,T)) -> logits (B,T,V)` at every position, `.generate`; tokenizer (hf.py)
+Model: `model(ids (B,T)) -> logits (B,T,V)` at every position, `.generate`; tokenizer (files.py)
 `.encode(text, bos=False)`, `.decode(ids)`, `.eos_id`.
 """
 import dataclasses
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import assets
 import cli
 import data
-import hf
+import files
 import model as M
 
 
@@ -409,7 +409,7 @@ def write(out, results, table):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     small = {k: v for k, v in results.items() if k != "predictions"}    # kept small: no records
-    hf.atomic_write_text(json.dumps(small, indent=2, default=str), out / "results.json")
+    files.atomic_write_text(json.dumps(small, indent=2, default=str), out / "results.json")
     (out / "results.md").write_text(table)
     if "predictions" in results:
         write_predictions(out / "predictions.jsonl", results)
@@ -471,7 +471,7 @@ def run(c: EvalConfig) -> dict:
     cli.check_fresh(c.out, c.overwrite, "results.json")
     print(f"[eval] model {model_dir} (name {name}) -> {c.out}")
     config = M.load_config(c.model)                     # input checks before the weights load
-    tok = hf.load_tokenizer(c.model, config)
+    tok = files.load_tokenizer(c.model, config)
     tasks, ppl_text, corpus = {}, None, ""
     if c.domain:
         dom = data.default_domain(c.domain)

@@ -5,7 +5,7 @@
   RMSNorm. Module and tensor names equal HF's: HF checkpoint directories load with no name
   table, and saved directories load back into HF tools. Unsupported config values raise.
 * LoRA on q, k, v, o, gate, up, down: SPEC (E0) forward, merge, masked merge.
-* Greedy KV-cache generation, load_model / save_model (the files themselves: hf.py), the
+* Greedy KV-cache generation, load_model / save_model (the files themselves: files.py), the
   exact-zero count of a weight (SPEC 9), a device picker. Tests: tests/test_model.py.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf
-from hf import ARCHITECTURES, LLAMA3_ROPE_KEYS
+import files
+from files import ARCHITECTURES, LLAMA3_ROPE_KEYS
 
 IGNORE = -100             # label without loss (prompt, padding): data.IGNORE, torch's default
 SEVEN_MAPS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -71,11 +71,11 @@ class Config:
     @classmethod
     def from_hf(cls, d: dict) -> "Config":
         """Parse an HF config dict (both dialects); unsupported values raise ValueError."""
-        return cls(**hf.config_from_hf(cls, d))
+        return cls(**files.config_from_hf(cls, d))
 
     def to_hf(self) -> dict:
         """HF config dict (top-level rope_theta / rope_scaling dialect, torch_dtype)."""
-        return hf.config_to_hf(asdict(self))
+        return files.config_to_hf(asdict(self))
 
 
 # ------------------------------------------------------------------------ building blocks
@@ -417,7 +417,7 @@ def load_config(path) -> Config:
     fn = Path(path) / "config.json"
     if not fn.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected an HF checkpoint directory)")
-    d = hf.read_json(fn)
+    d = files.read_json(fn)
     try:
         return Config.from_hf(d)
     except ValueError as e:
@@ -438,15 +438,15 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     # checkpoints carry rotary_emb.inv_freq buffers: neither is read.
     skip = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     expected = {k: v.shape for k, v in model.state_dict().items() if k not in skip}
-    files = {k: fn for k, fn in hf.weight_files(path).items()
+    where = {k: fn for k, fn in files.weight_files(path).items()
              if k not in skip and not k.endswith("rotary_emb.inv_freq")}
-    hf.check_keys(set(files), expected, path)
+    files.check_keys(set(where), expected, path)
     state = {}
-    for fn in sorted(set(files.values())):
-        with hf.open_safetensors(fn) as f:
+    for fn in sorted(set(where.values())):
+        with files.open_safetensors(fn) as f:
             for k in (k for k in f.keys() if k in expected):
                 t = f.get_tensor(k)          # one tensor at a time: no second model copy
-                hf.check_shape(k, expected[k], t.shape)
+                files.check_shape(k, expected[k], t.shape)
                 if not t.is_floating_point():
                     raise ValueError(f"tensor {k} in {fn}: expected a floating-point dtype, "
                                      f"found {t.dtype}")
@@ -476,12 +476,12 @@ def save_model(model: Transformer, path):
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if ".lora_" not in k
              and not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    hf.atomic_save(state, path / "model.safetensors")
+    files.atomic_save(state, path / "model.safetensors")
     (path / "model.safetensors.index.json").unlink(missing_ok=True)   # would shadow it
     dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
     config = {**model.config.to_hf(), "torch_dtype": dtype}
-    hf.atomic_write_text(json.dumps(config, indent=2), path / "config.json")
-    hf.copy_tokenizer_files(model.path, path)
+    files.atomic_write_text(json.dumps(config, indent=2), path / "config.json")
+    files.copy_tokenizer_files(model.path, path)
 
 
 def sparsity_of(W, nm=None) -> dict:

@@ -18,7 +18,7 @@ import assets
 import data
 import efx
 import eval as ev
-import hf
+import files
 import model as M
 
 
@@ -80,7 +80,7 @@ def run(cfg: PruneConfig) -> dict:
     mcfg = M.load_config(model_dir)                # cheap checks before the weights are read
     if cfg.nm:
         efx.check_nm_fits(mcfg, cfg.nm)
-    tok = hf.load_tokenizer(model_dir, mcfg)
+    tok = files.load_tokenizer(model_dir, mcfg)
     dev = torch.device(cfg.device) if cfg.device else M.pick_device()
     model = M.load_model(model_dir, device=dev, dtype=getattr(torch, cfg.dtype))
     general = [] if cfg.calib and cfg.eval_text else tok.encode(data.general_corpus(), bos=False)

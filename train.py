@@ -32,7 +32,7 @@ import assets
 import data
 import efx
 import eval as E
-import hf
+import files
 import model as M
 
 METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
@@ -246,7 +246,7 @@ class Job:
         t0 = time.time()                    # data first: bad input fails before the weights load
         model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
         model_cfg = M.load_config(model_dir)
-        self.tok = tok = hf.load_tokenizer(model_dir, model_cfg)
+        self.tok = tok = files.load_tokenizer(model_dir, model_cfg)
         if cfg.nm:
             efx.check_nm_fits(model_cfg, cfg.nm)
         dom = {} if cfg.train else data.default_domain(cfg.domain)    # own data, or a built-in domain
@@ -361,7 +361,7 @@ class Job:
         if cfg.resume and not self.ckpt.exists():
             _log(f"[train] --resume: no checkpoint at {self.ckpt}, starting from the beginning")
         if cfg.resume and self.ckpt.exists():
-            state = hf.load_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state)
+            state = files.load_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state)
             self.start_epoch, self.losses = state["epoch"] + 1, state["losses"]
             self.prune_reports = state["prune_reports"]
             self.sched.load_state_dict(state["sched"])
@@ -417,7 +417,7 @@ class Job:
     def checkpoint(self, epoch):
         self.times["train_s"] = time.time() - self.t_train      # after the last epoch: training
         if self.rank == 0:
-            hf.save_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state,
+            files.save_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state,
                             {"epoch": epoch, "losses": self.losses, "prune_reports": self.prune_reports,
                              "sched": self.sched.state_dict()})
         if self.world > 1:
@@ -439,7 +439,7 @@ class Job:
         times["total_s"] = time.time() - self.t_run
         results["times"] = times
         if self.rank == 0:
-            hf.atomic_write_text(json.dumps(results, indent=2, default=str), self.out / "results.json")
+            files.atomic_write_text(json.dumps(results, indent=2, default=str), self.out / "results.json")
             _summary(results)
         return {**results, "model": model, "tokenizer": self.tok, "wall_s": times["total_s"],
                 "peak_gb": results["peak_memory_gb"]}

@@ -322,3 +322,88 @@ def test_s10_default_model_dir_converts_once(tmp_path, monkeypatch):
     out = assets.default_model_dir()
     assert out == tmp_path / "smollm2-135m-instruct" and (out / "config.json").is_file()
     assert assets.default_model_dir() == out and calls == [b"GGUF"]
+
+
+# ----------------------------------------------------------------------------- split command
+
+def _pqa(tmp_path, decisions):
+    """A tiny ori_pqal.json ({PMID: record}) converted with `data.py convert`; returns the JSONL path."""
+    rec = lambda d: {"QUESTION": "Does X help?", "CONTEXTS": ["A."], "LABELS": ["BACKGROUND"],
+                     "MESHES": [], "final_decision": d, "LONG_ANSWER": "It does."}
+    src = _write(tmp_path / "ori_pqal.json", json.dumps({k: rec(d) for k, d in decisions.items()}, indent=1))
+    data.main(["convert", "--format", "pubmedqa", "--src", str(src), "--dst", str(tmp_path / "pqa.jsonl")])
+    return tmp_path / "pqa.jsonl"
+
+
+PQA = {"101": "yes", "102": "no", "103": "maybe", "104": "yes", "105": "no", "106": "yes"}
+
+
+def _run_split(tmp_path, *flags):
+    a, b = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    data.main(["split", "--src", str(tmp_path / "pqa.jsonl"), "--dst_train", str(a), "--dst_test", str(b), *flags])
+    return [e["id"] for e in data.load_jsonl_tasks(a)], [e["id"] for e in data.load_jsonl_tasks(b)]
+
+
+def test_s10_split_by_pubmedqa_test_ground_truth(tmp_path, capsys):
+    _pqa(tmp_path, PQA)
+    gt = _write(tmp_path / "test_ground_truth.json", json.dumps({"105": "no", "102": "no", "106": "yes"}))
+    capsys.readouterr()
+    train, test = _run_split(tmp_path, "--test_ids", str(gt))
+    assert test == ["102", "105", "106"] and train == ["101", "103", "104"]     # source order on each side
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{tmp_path / 'train.jsonl'}: 3 examples", f"{tmp_path / 'test.jsonl'}: 3 examples"]
+    # the same ids as a text file (one a line) or a JSON list of numbers: ids compare as strings
+    txt = _write(tmp_path / "ids.txt", "105\n102\n\n106\n")
+    lst = _write(tmp_path / "ids.json", "[105, 102, 106]")
+    for f in (txt, lst):
+        assert _run_split(tmp_path, "--test_ids", str(f), "--overwrite") == (train, test)
+
+
+@pytest.mark.parametrize("ids, words", [
+    ({"102": "no", "103": "yes"}, r"ground_truth\.json: id 103 is labelled 'yes' there but 'maybe' in .*pqa\.jsonl"),
+    ({"102": "no", "999": "yes", "abc": "no"}, r"ground_truth\.json: 2 id\(s\) not in .*pqa\.jsonl: 999, abc"),
+    ({"102": {"final_decision": "no"}}, r"ground_truth\.json: expected \{id: label\}"),    # a record, not a label
+])
+def test_s10_split_test_ids_errors(tmp_path, ids, words):
+    _pqa(tmp_path, PQA)
+    gt = _write(tmp_path / "test_ground_truth.json", json.dumps(ids))
+    with pytest.raises(SystemExit, match=words) as e:
+        _run_split(tmp_path, "--test_ids", str(gt))
+    assert str(e.value.code).startswith("data.py: error: ") and "\n" not in str(e.value.code)
+    assert not (tmp_path / "train.jsonl").exists() and not (tmp_path / "test.jsonl").exists()
+
+
+def test_s10_split_test_ids_needs_ids_in_source(tmp_path):
+    _jsonl(tmp_path / "pqa.jsonl", [dict(CLS, id="1"), CLS])
+    ids = _write(tmp_path / "ids.txt", "1\n")
+    with pytest.raises(SystemExit, match=r"pqa\.jsonl: example 2 has no 'id'"):
+        _run_split(tmp_path, "--test_ids", str(ids))
+    _write(ids, "{not json")
+    with pytest.raises(SystemExit, match=r"ids\.txt: expected a JSON or text file of ids"):
+        _run_split(tmp_path, "--test_ids", str(ids))
+
+
+def test_s10_split_seeded_random(tmp_path):
+    _pqa(tmp_path, {str(100 + i): "yes" for i in range(20)})
+    every = [str(100 + i) for i in range(20)]
+    train, test = _run_split(tmp_path, "--seed", "3", "--test_frac", "0.25")
+    assert len(test) == 5 and sorted(train + test) == every and not set(train) & set(test)
+    assert train == sorted(train) and test == sorted(test)                      # source order kept
+    assert _run_split(tmp_path, "--seed", "3", "--test_frac", "0.25", "--overwrite") == (train, test)
+    assert _run_split(tmp_path, "--seed", "4", "--test_frac", "0.25", "--overwrite")[1] != test
+    assert len(_run_split(tmp_path, "--overwrite")[1]) == 4                         # default test_frac 0.2
+    with pytest.raises(SystemExit, match=r"test_frac must be in \(0, 1\), got 1.5"):
+        _run_split(tmp_path, "--test_frac", "1.5", "--overwrite")
+
+
+def test_s10_split_refuses_overwrite_and_same_paths(tmp_path):
+    src = _pqa(tmp_path, PQA)
+    _write(tmp_path / "test.jsonl", "keep me\n")
+    with pytest.raises(SystemExit, match=r"test\.jsonl exists .*--overwrite"):
+        _run_split(tmp_path)
+    assert (tmp_path / "test.jsonl").read_text() == "keep me\n" and not (tmp_path / "train.jsonl").exists()
+    assert sum(map(len, _run_split(tmp_path, "--overwrite"))) == len(PQA)
+    for a, b in ((src, tmp_path / "b.jsonl"), (tmp_path / "b.jsonl", tmp_path / "b.jsonl")):
+        with pytest.raises(SystemExit, match="three different files"):
+            data.main(["split", "--src", str(src), "--dst_train", str(a), "--dst_test", str(b)])
+    assert data.load_jsonl_tasks(src)[0]["id"] == "101" and not (tmp_path / "b.jsonl").exists()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import assets
-import hf
+import files
 import model as M
 from assets import _unpermute_rope, convert_gguf
 
@@ -33,7 +33,7 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir):
-    return M.load_model(smollm2_dir).eval(), hf.load_tokenizer(smollm2_dir)
+    return M.load_model(smollm2_dir).eval(), files.load_tokenizer(smollm2_dir)
 
 
 def heldout_english(n=60) -> str:

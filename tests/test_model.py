@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import hf
+import files
 import model as M
 from conftest import FAMILIES
 
@@ -240,14 +240,14 @@ def test_s2_loader_names_wrong_shape(tiny_ckpt):
 
 def test_s2_tokenizer_ids_from_config_files(tiny_ckpt):
     path, _ = tiny_ckpt
-    tok = hf.load_tokenizer(path)
+    tok = files.load_tokenizer(path)
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 2, 0, 128)
     assert tok.add_bos is False                  # no add_bos_token, no BOS post-processor
     ids = tok.encode("w5 w7 w5", bos=True)
     assert ids == [1, 8, 10, 8] and tok.decode(ids[1:]) == "w5 w7 w5"
     # Without tokenizer_config.json the ids come from config.json.
     (path / "tokenizer_config.json").unlink()
-    tok = hf.load_tokenizer(path)
+    tok = files.load_tokenizer(path)
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
 
 

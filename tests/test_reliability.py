@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from conftest import random_model, tiny_config, write_tokenizer  # noqa: E402
 import efx  # noqa: E402
-import hf
+import files
 import model as M  # noqa: E402
 import train  # noqa: E402
 
@@ -487,13 +487,13 @@ def test_s11_tokenizer_larger_than_model_vocab(tmp_path):
         d = tmp_path / str(n)
         d.mkdir()
         write_tokenizer(d, n)
-        tok = hf.load_tokenizer(d)
+        tok = files.load_tokenizer(d)
         if fits:
-            hf.check_tokenizer(tok, cfg, d)
+            files.check_tokenizer(tok, cfg, d)
         else:
             with pytest.raises(ValueError, match=rf"tokenizer\.json: {n} tokens do not fit the "
                                                  r"model's vocab_size=128"):
-                hf.check_tokenizer(tok, cfg, d)
+                files.check_tokenizer(tok, cfg, d)
 
 
 # ----------------------------------------------------------------------------- data
@@ -511,7 +511,8 @@ def test_s11_long_examples_cut_and_counted_in_results(tmp_path, world, capsys):
                    nsamples=2, seqlen=16, max_len=16, eval=False, device="cpu", out=str(out)))
     saved = json.loads((out / "results.json").read_text())
     assert saved["truncation"] == {"examples": 8, "prompt_cut": 2, "completion_cut": 2}
-    assert "2 prompts and 2 completions of 8 examples cut to max_len=16" in capsys.readouterr().out
+    assert ("max_len=16 (default preset): 2 prompts (25%) and 2 completions of 8 examples are cut; "
+            "--max_len 45 keeps every example whole") in capsys.readouterr().out      # 40 + 3 words, BOS, EOS
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -550,12 +551,12 @@ def test_s11_nonfinite_stops_training_last_checkpoint_intact(tmp_path, world, mo
     """NaN in the loss (step 3, the first of epoch 2) or inf in a calibration statistic (the
     pruning call before epoch 2): train.py stops with a one-line error; the checkpoint of epoch
     1 is byte for byte what was written and loads; no final model or results are written."""
-    saved, real_save = [], hf.save_checkpoint
+    saved, real_save = [], files.save_checkpoint
 
     def save(path, *a, **kw):
         real_save(path, *a, **kw)
         saved.append(_sha(path))
-    monkeypatch.setattr(hf, "save_checkpoint", save)
+    monkeypatch.setattr(files, "save_checkpoint", save)
     if where == "loss":
         real_loss, calls = train.completion_loss, []
 
@@ -653,16 +654,16 @@ def test_s11_kill_during_checkpoint_write_keeps_previous(tmp_path, make_model, m
     model, opt = setup(0)
     ckpt = tmp_path / "checkpoint.safetensors"
     state = {"epoch": 0, "losses": [1.0], "prune_reports": [], "sched": {}}
-    hf.save_checkpoint(ckpt, M.lora_modules(model), opt, {}, state)
+    files.save_checkpoint(ckpt, M.lora_modules(model), opt, {}, state)
     good = _sha(ckpt)
     expected = {n: m.lora_A.detach().clone() for n, m in M.lora_modules(model)}
     later, later_opt = setup(1)
-    monkeypatch.setattr(hf, "save_file", _torn_save)
+    monkeypatch.setattr(files, "save_file", _torn_save)
     with pytest.raises(OSError, match="simulated kill"):
-        hf.save_checkpoint(ckpt, M.lora_modules(later), later_opt, {}, {**state, "epoch": 1})
+        files.save_checkpoint(ckpt, M.lora_modules(later), later_opt, {}, {**state, "epoch": 1})
     assert _sha(ckpt) == good
     fresh, fresh_opt = setup(2)
-    assert hf.load_checkpoint(ckpt, M.lora_modules(fresh), fresh_opt, {})["epoch"] == 0
+    assert files.load_checkpoint(ckpt, M.lora_modules(fresh), fresh_opt, {})["epoch"] == 0
     for n, m in M.lora_modules(fresh):
         assert torch.equal(m.lora_A, expected[n]), n
 
@@ -674,11 +675,11 @@ def test_s11_resume_from_checkpoint_of_other_config_is_refused(tmp_path, make_mo
         return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     ckpt = tmp_path / "checkpoint.safetensors"
     model = M.add_lora(make_model(), 4, 8.0)
-    hf.save_checkpoint(ckpt, M.lora_modules(model), adamw(model), {}, {"epoch": 0})
+    files.save_checkpoint(ckpt, M.lora_modules(model), adamw(model), {}, {"epoch": 0})
     other = M.add_lora(make_model(), 8, 16.0)
     with pytest.raises(ValueError, match=r"checkpoint\.safetensors: tensors missing or of another "
                                          r"shape \['model\.model\.layers\.0\.self_attn\.q_proj\.lora_A'"):
-        hf.load_checkpoint(ckpt, M.lora_modules(other), adamw(other), {})
+        files.load_checkpoint(ckpt, M.lora_modules(other), adamw(other), {})
 
 
 def test_s11_kill_during_model_save_keeps_previous(tmp_path, make_model, monkeypatch):
@@ -688,7 +689,7 @@ def test_s11_kill_during_model_save_keeps_previous(tmp_path, make_model, monkeyp
     out = tmp_path / "model"
     M.save_model(first, out)
     shas = {fn: _sha(out / fn) for fn in ("model.safetensors", "config.json")}
-    monkeypatch.setattr(hf, "save_file", _torn_save)
+    monkeypatch.setattr(files, "save_file", _torn_save)
     with pytest.raises(OSError, match="simulated kill"):
         M.save_model(second, out)
     assert {fn: _sha(out / fn) for fn in shas} == shas
@@ -772,7 +773,7 @@ def test_s11_code_in_checkpoint_dir_is_never_imported(tmp_path, tiny_ckpt):
     path, _ = tiny_ckpt
     marker = tmp_path / "CODE_RAN"
     _plant_code(path, marker)
-    model, tok = M.load_model(path), hf.load_tokenizer(path)
+    model, tok = M.load_model(path), files.load_tokenizer(path)
     model(torch.tensor([tok.encode("w1 w2 w3")]))
     M.save_model(model, tmp_path / "resaved")
     assert not marker.exists()

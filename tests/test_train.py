@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data  # noqa: E402
 import efx  # noqa: E402
-import hf  # noqa: E402
+import files  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
 
@@ -247,15 +247,15 @@ def test_s8_resume_bit_identical(base, monkeypatch, comp):
     so the RNG state must be restored too."""
     over = dict(epochs=3, lora_dropout=0.1, **comp)
     full = train.run(base("full", **over))
-    real = hf.save_checkpoint
+    real = files.save_checkpoint
 
     def crash_after_first(*a, **kw):
         real(*a, **kw)
         raise _Stop
-    monkeypatch.setattr(hf, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(files, "save_checkpoint", crash_after_first)
     with pytest.raises(_Stop):
         train.run(base("cut", **over))
-    monkeypatch.setattr(hf, "save_checkpoint", real)
+    monkeypatch.setattr(files, "save_checkpoint", real)
     ckpt = Path(base("cut")["out"]) / "checkpoint.safetensors"
     assert ckpt.exists() and not Path(str(ckpt) + ".tmp").exists()
     assert not (Path(base("cut")["out"]) / "model").exists()

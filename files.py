@@ -1,4 +1,4 @@
-"""hf.py: the files efx reads and writes, each error naming its file.
+"""files.py: the files efx reads and writes, each error naming its file.
 
 * config.json: the two HF dialects -> the fields model.Config takes, refusing what the decoder
   cannot run (config_from_hf), and back (config_to_hf).
@@ -7,10 +7,14 @@
 * tokenizer.json via `tokenizers`, with the special ids of tokenizer_config.json / config.json
   / generation_config.json.
 * train.py's checkpoint (weights, adapters, optimizer, RNG) for --resume.
+* Task files (JSONL, CSV, JSON) line by line, for data.py's loaders: DataError names the
+  file, the line and the field.
 
-No project imports: model.py builds the Transformer on top of these (load_model, save_model).
+No project imports: model.py builds the Transformer on top of these (load_model, save_model),
+data.py the task format and its loaders.
 Every bad file raises ValueError / FileNotFoundError naming the file.
 """
+import csv
 import json
 import os
 import shutil
@@ -196,6 +200,53 @@ def load_checkpoint(fn, maps, opt, score_state) -> dict:
     score_state.update({k[len("score."):]: v for k, v in t.items() if k.startswith("score.")})
     torch.set_rng_state(t["rng.cpu"])
     return state
+
+
+# ----------------------------------------------------------------------- task files (data.py)
+class DataError(ValueError):
+    """Malformed input; the message names the file, the line (or entry) and the field."""
+
+
+def fail(path, line, field, what):
+    raise DataError(f"{path}:{line}: field '{field}': {what}")
+
+
+def read_jsonl(path):
+    """[(line number, object)] of a JSONL file; invalid JSON names the line."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                fail(path, i, "<json>", f"invalid JSON: {e.msg} at column {e.colno}")
+    return rows
+
+
+def read_csv(path):
+    """[(line where the record starts, row)] of the non-empty records of a csv file."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader, rows, start = csv.reader(f), [], 1
+        for row in reader:
+            if any(row):
+                rows.append((start, row))
+            start = reader.line_num + 1
+    return rows
+
+
+def read_json_text(path):
+    """(text, object) of a JSON file; invalid JSON names the line."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as e:
+        fail(path, e.lineno, "<json>", f"invalid JSON: {e.msg}")
+
+
+def line_of(text, key):
+    """Line of the first `"key"` in a JSON text, so that dict-shaped files can name a line too."""
+    pos = text.find(json.dumps(key))
+    return text.count("\n", 0, pos) + 1 if pos >= 0 else "?"
 
 
 # ------------------------------------------------------------------------------ tokenizer
