@@ -241,10 +241,10 @@ class Job:
         if self.ckpt.exists() and not (cfg.resume or cfg.overwrite):
             raise ValueError(f"{self.ckpt} exists (an unfinished run): --resume continues it, "
                              "--overwrite starts over")
-        _log(f"[train] {cfg.preset} preset, output in {self.out}")
         torch.manual_seed(cfg.seed)
         t0 = time.time()                    # data first: bad input fails before the weights load
         model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
+        _log(f"[train] {cfg.preset} preset; model {model_dir}; output in {self.out}")
         model_cfg = M.load_config(model_dir)
         self.tok = tok = files.load_tokenizer(model_dir, model_cfg)
         if cfg.nm:

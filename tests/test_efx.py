@@ -737,3 +737,57 @@ def test_s3_cli_one_shot_on_tiny_checkpoint(tiny_ckpt, tmp_path):
     with pytest.raises(SystemExit, match=r"pruned/results\.json exists .*--overwrite"):
         prune.main(["--model", str(ckpt), "--save", str(out), "--calib", str(tmp_path / "calib.txt")])
     assert (out / "model.safetensors").read_bytes() == before
+
+
+# ------------------------------------------------------- which weights a real call scored (issue: mutants)
+def _block0_inputs(model, ids):
+    """h of block 0's maps as the driver computes them, before the call (pre-call weights)."""
+    with torch.no_grad():
+        x = model.model.embed_tokens(ids)
+        cos, sin = model.rope(ids.shape[1], "cpu")
+        return efx.calibrate_block(model.model.layers[0], x, cos, sin)
+
+
+def test_e6_driver_scores_w_plus_ba_with_pruned_earlier_partners(make_model):
+    """The code form (E6) as a real call runs it, map by map in block 0: every stored score is
+    foresight_score on W + B A (no s; s = 2 here), whose partner weights are W + B A of the
+    maps not yet pruned and the pruned merged weight of those already pruned (k_proj's partner
+    q_proj is pruned before it). Both alternatives give other scores, so each is pinned."""
+    model, ids = lora_model(make_model), calib(n=8)
+    mods = efx._maps(model.model.layers[0])
+    pre = {n: m.augmented_weight(1.0).clone() for n, m in mods.items()}       # W + B A
+    pre_s = {n: m.augmented_weight().clone() for n, m in mods.items()}        # W + s B A
+    stats, state = _block0_inputs(model, ids), {}
+    efx.prune(model, ids, "foresight", 0.5, foresight_variant="code", score_state=state, log=quiet)
+    cfg, after = model.config, {n: m.weight.float() for n, m in mods.items()}
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    for i, name in enumerate(M.SEVEN_MAPS):
+        Ws = {n: after[n] if j < i else pre[n] for j, n in enumerate(M.SEVEN_MAPS)}
+        want = efx.foresight_score(name, Ws, stats[name]["h"], nh, nkv, "code")
+        got = state[f"model.layers.0.{'self_attn' if i < 4 else 'mlp'}.{name}"]
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), name
+        scaled = efx.foresight_score(name, {**Ws, name: pre_s[name]}, stats[name]["h"], nh, nkv, "code")
+        assert not torch.allclose(got, scaled, rtol=1e-3), name          # s B A would differ
+    unpruned_q = efx.foresight_score("k_proj", pre, stats["k_proj"]["h"], nh, nkv, "code")
+    assert not torch.allclose(state["model.layers.0.self_attn.k_proj"], unpruned_q, rtol=1e-3)
+
+
+@pytest.mark.parametrize("variant, weight", [("paper", lambda h: h), ("code", lambda h: h.sqrt())])
+def test_e14_driver_column_weights_h_paper_sqrt_h_code(make_model, variant, weight):
+    """PBS in a real call: the paper form weights the columns by h (E12), the reference code by
+    sqrt(h); q_proj of block 0 ends as M * (W + s (B + dB) A) with dB = pbs_update(..., d)
+    for its own variant's d, and not the other's."""
+    model, ids = lora_model(make_model), calib(n=8)
+    q = model.model.layers[0].self_attn.q_proj
+    W, A, B, s = q.weight.clone(), q.lora_A.detach().clone(), q.lora_B.detach().clone(), q.scaling
+    h = _block0_inputs(model, ids)["q_proj"]["h"]
+    keep = efx.select_mask(efx.wanda_score(W + s * B @ A, h), 0.5)
+    efx.prune(model, ids, "wanda", 0.5, pbs=True, pbs_variant=variant, reconstruct="none", log=quiet)
+
+    @torch.no_grad()
+    def merged(d):
+        dB = efx.pbs_update(W, A, B, keep, d, s, variant=variant)
+        return keep * (W + s * (B + dB) @ A)
+    other = (lambda h: h.sqrt()) if variant == "paper" else (lambda h: h)
+    assert torch.allclose(q.weight, merged(weight(h)), atol=1e-6)
+    assert not torch.allclose(q.weight, merged(other(h)), atol=1e-4)

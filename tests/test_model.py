@@ -38,6 +38,15 @@ def test_s2_rmsnorm_matches_formula():
     assert yb.dtype == torch.bfloat16 and torch.equal(yb, refb)
 
 
+def test_s2_rmsnorm_eps_inside_the_root_at_small_scale():
+    """At a scale where eps matters (mean x^2 = 1e-6 = eps), a hand value: x = (1e-3, -1e-3)
+    gives y = x / sqrt(1e-6 + 1e-6) = (1/sqrt 2, -1/sqrt 2); eps outside the root would give
+    x / (1e-3 + 1e-6) ~ (0.999, -0.999)."""
+    norm = M.RMSNorm(2, eps=1e-6)
+    y = norm(torch.tensor([[1e-3, -1e-3]]))
+    assert torch.allclose(y, torch.tensor([[2 ** -0.5, -(2 ** -0.5)]]), rtol=1e-5), y
+
+
 def test_s2_rope_matches_2x2_rotation_per_frequency(tiny):
     """SPEC 2 rotate-half RoPE: the pair (x_i, x_{i+D/2}) rotates by pos * theta^(-2i/D)."""
     cfg = tiny()

@@ -451,3 +451,15 @@ def test_s8_help_lists_every_field_with_meaning_and_default(script, capsys):
             assert f"(default: {train.PRESETS['default'][f.name]} in the default preset" in text, f.name
         elif f.name != "preset":
             assert re.search(rf"--{f.name} .*?\(default: ", text), f.name   # ... and the default
+
+
+def test_s8_lr_factor_hand_values():
+    """The convention pinned: warm-up (step + 1) / warmup, so that the first step already
+    learns (HF's linear warm-up uses step / warmup: 0 at step 0), then cosine or linear decay
+    over (step - warmup) / (total - warmup), as HF. total 100, warmup 10:"""
+    f = train.lr_factor
+    assert [f(s, 100, 10, "cosine") for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert f(10, 100, 10, "cosine") == 1.0 and f(10, 100, 10, "linear") == 1.0
+    assert f(55, 100, 10, "cosine") == pytest.approx(0.5) and f(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert f(40, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 3)))   # t = 30/90
+    assert f(99, 100, 10, "linear") == pytest.approx(1 / 90) and f(100, 100, 10, "cosine") == pytest.approx(0)
