@@ -329,8 +329,9 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, ids, max_new_tokens: int, eos_id=None):
-        """ids (B, T) -> (B, T + n), n <= max_new_tokens: greedy decoding with a KV cache. Stops once every row has produced eos_id (default config.eos_token_id; int, list or
-        [] for never); a finished row repeats its EOS. Runs in eval mode (no LoRA dropout)."""
+        """ids (B, T) -> (B, T + n), n <= max_new_tokens: greedy decoding with a KV cache. Stops
+        once every row has produced eos_id (default config.eos_token_id; int, list or [] for
+        never); a finished row repeats its EOS. Runs in eval mode (no LoRA dropout)."""
         eos = self.config.eos_token_id if eos_id is None else eos_id
         eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []),
                            dtype=torch.long, device=ids.device)

@@ -44,7 +44,7 @@ class PruneConfig:
     batch_size: int = 8          # calibration / perplexity windows per forward
     offload: bool = False        # hidden states on CPU, moved to the device per batch
     save: str = ""               # directory: pruned model (HF layout) + results.json
-    results: str = ""            # results JSON; default <save>/results.json, else runs/prune-<method>-<sparsity>-s<seed>.json
+    results: str = ""            # results JSON; "" = <save>/results.json or runs/prune-<method>-<sparsity>-s<seed>.json
     overwrite: bool = False      # replace an earlier run's --save folder / results file
 
 

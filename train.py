@@ -306,7 +306,8 @@ class Job:
     def evaluate(self, key):
         """The test tasks and the domain perplexity (rank 0; not for --resume's dense start).
         The peak memory reported is that of everything after the dense start's evaluation."""
-        if self.cfg.eval and (self.tests or self.ppl_text) and self.rank == 0 and not (key == "dense_start" and self.cfg.resume):
+        resumed = key == "dense_start" and self.cfg.resume
+        if self.cfg.eval and (self.tests or self.ppl_text) and self.rank == 0 and not resumed:
             t0 = time.time()
             res = E.evaluate(self.model, self.tok, self.tests, self.ppl_text, seqlen=self.cfg.eval_seqlen, log=_log,
                              ppl_max_windows=self.cfg.eval_ppl_windows or None, name=self.out.name)
@@ -411,8 +412,9 @@ class Job:
         self.opt.zero_grad(set_to_none=True)
         self.losses.append(round(loss_sum, 6))
         self.tokens_seen += ids.numel()
-        self.bar.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum:.4f} lr {self.sched.get_last_lr()[0]:.2e} "
-                        f"tok/s {self.tokens_seen / (time.time() - self.t_train):.0f}", keep=(step + 1) % cfg.log_every == 0)
+        tok_s, lr = self.tokens_seen / (time.time() - self.t_train), self.sched.get_last_lr()[0]
+        self.bar.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum:.4f} lr {lr:.2e} tok/s {tok_s:.0f}",
+                        keep=(step + 1) % cfg.log_every == 0)
 
     def checkpoint(self, epoch):
         self.times["train_s"] = time.time() - self.t_train      # after the last epoch: training

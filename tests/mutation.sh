@@ -18,10 +18,14 @@ ln -s "$REPO/.cache" "$WORK/src/.cache" 2>/dev/null || true     # the wheels, if
 cd "$WORK/src"
 cat > setup.cfg <<'EOF'
 [mutmut]
-source_paths = efx.py, obs.py, model.py, train.py, eval.py
-pytest_add_cli_args_test_selection = tests/
-pytest_add_cli_args = -p no:cacheprovider
-do_not_mutate = files.py
+source_paths =
+    efx.py
+    obs.py
+    model.py
+    train.py
+    eval.py
+pytest_add_cli_args_test_selection =
+    tests/
 EOF
 # The core (issue: mutation score): criteria, masks, PBS (all forms), SparseGPT / OBS, the
 # prune driver, LoRA, RoPE, RMSNorm, the schedule and lr, the metrics. Excluded on purpose:
