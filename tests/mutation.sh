@@ -14,7 +14,6 @@ mkdir -p "$WORK"
     "$WORK/venv/bin/pip" install -q mutmut==3.8.1; }
 rm -rf "$WORK/src" && mkdir "$WORK/src"
 git -C "$REPO" archive HEAD | tar -x -C "$WORK/src"
-ln -s "$REPO/.cache" "$WORK/src/.cache" 2>/dev/null || true     # the wheels, if fetched
 cd "$WORK/src"
 cat > setup.cfg <<'EOF'
 [mutmut]
@@ -26,7 +25,15 @@ source_paths =
     eval.py
 pytest_add_cli_args_test_selection =
     tests/
+also_copy =
+    files.py
+    cli.py
+    data.py
+    assets.py
+    prune.py
+    compare.py
 EOF
+export EFX_CACHE="${EFX_CACHE:-$REPO/.cache/efx}"     # the fetched wheels and the converted model
 # The core (issue: mutation score): criteria, masks, PBS (all forms), SparseGPT / OBS, the
 # prune driver, LoRA, RoPE, RMSNorm, the schedule and lr, the metrics. Excluded on purpose:
 # log and error-message text, memory estimates, I/O, the CLIs.
