@@ -1,25 +1,45 @@
-"""compare.py: every method on the same data and budget, evaluated the same way (SPEC 9).
+"""compare.py: the evidence study (SPEC 9): methods x sparsities x seeds, one test split.
 
-Trains dense LoRA once (the 100 % of "% of dense"), then each method at each sparsity with
-train.run, evaluates each with eval.evaluate, and writes results.json and a Markdown table.
+Every method on the same data, budget and test items, over several seeds, with bootstrap
+intervals and paired comparisons:
 
-    python compare.py --domain med --sparsity 0.4 0.5 --train_config med.json --out runs/compare_med
+    python compare.py --domain med --sparsity 0.5 --seeds 0 1 2 --test_frac 0.5 \\
+        --train_config budget.json --ppl_max_windows 48 --out runs/study_med
+    python compare.py --train task.jsonl --tasks test.jsonl --ppl_file corpus.txt --out runs/x
+
+A grid of methods x sparsities x seeds (train.py's seed: data order, LoRA init, calibration
+windows). Dense LoRA always runs: it is the 100 % of "% of dense", and wanda_lora /
+sparsegpt_lora with baseline_order "after" (the paper: dense LoRA -> merge -> prune once)
+prune that seed's saved dense model (models/dense-s<seed>/model) instead of training again.
+A row whose train config equals another's (efx and efx_e16 under the project's defaults)
+reuses that run. Every run is evaluated here, the same way, on one test split for every seed
+and method (written to data/), and cached as runs/<run>.json with a fingerprint of all that
+defines it: a study run again, or interrupted, reuses what is done; a cached run made with
+another configuration is refused unless --overwrite. Results in --out: results.json and
+results.md (per method and sparsity: the seed mean and 95 % interval of perplexity, the
+primary metric, and of every task metric; % of dense; the paired difference to the best
+baseline) and, with matplotlib installed, ppl_vs_sparsity.png.
 """
 import dataclasses
+import hashlib
 import json
+import math
+import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import cli
 import data
 import eval as E
 import files
+import model as M
 import train
 
-# Method -> the train.py config fields that select it (see compare()). "efx" is the project's
-# default; "efx_published" the authors' method (E6, PBS E14 after the merge, SPEC 7 note).
+# Method -> the train.py config fields that select it. "efx" is the project's default;
+# "efx_published" the authors' method (E6, PBS E14 before the merge, SPEC 7 note).
 METHODS = {"dense_lora": {"method": "dense"},
            "wanda_lora": {"method": "wanda"},
            "sparsegpt_lora": {"method": "sparsegpt"},
@@ -29,89 +49,385 @@ METHODS = {"dense_lora": {"method": "dense"},
            "efx_none": {"method": "efx", "pbs": False, "reconstruct": "none"},
            "efx_e15": {"method": "efx", "pbs": True, "pbs_variant": "gram", "reconstruct": "none"},
            "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
+BASELINES = ("wanda_lora", "sparsegpt_lora")     # "best baseline": the lower mean perplexity
 
 
-def compare(domain, sparsities, methods=tuple(METHODS), base_cfg=None, out=None, log=print,
-            **eval_kw):
-    """Train every method on the same data and budget, evaluate each the same way.
+# ----------------------------------------------------------------------------- statistics
+# A metric is a statistic of items: test items (accuracy, macro-F1, ROUGE) or perplexity
+# windows. Each seed has its own items; the test items and windows are the same for every
+# method, so two methods can be compared on the same resample (paired).
 
-    Uses train.run(cfg: dict) -> dict with "model" (the final, merged nn.Module) and optionally
-    "tokenizer", "peak_gb", "wall_s"; cfg = {"eval": False} + base_cfg (the same budget for
-    all) + {"domain", "sparsity", "out": <out>/<method>_<sparsity>, "method":
-    dense|wanda|sparsegpt|efx, "pbs"}. The dense run is trained once, at sparsity 0. eval_kw go
-    to evaluate() (seqlen, max_examples, mode, ppl_max_windows, ...)."""
-    dom = data.default_domain(domain)
-    runs = [("dense_lora", 0.0)] if "dense_lora" in methods else []
-    runs += [(m, s) for s in sparsities for m in methods if m != "dense_lora"]
-    root, rows = Path(out or (base_cfg or {}).get("out") or "runs/compare"), []
-    for name, s in runs:                        # train's own evaluation off: done here, alike
-        cfg = {"eval": False, **(base_cfg or {}), "domain": domain, "sparsity": s,
-               "out": str(root / f"{name}_{s:g}"), **METHODS[name]}
-        log(f"[compare] {name} sparsity {s}")
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.time()
-        res = train.run(cfg)
-        wall, peak = res.get("wall_s", time.time() - t0), res.get("peak_gb")
-        if peak is None and torch.cuda.is_available():   # CPU: unknown unless train reports it
-            peak = torch.cuda.max_memory_allocated() / 2**30
-        model = res["model"]
-        tok = res.get("tokenizer") or files.load_tokenizer(model.path)
-        e = E.evaluate(model, tok, dom["test"], dom.get("ppl_text"), log=log,
-                     ppl_corpus=f"{domain}:ppl_text", **eval_kw)
-        e.pop("predictions")                    # per-example records: eval.py writes them, not the table
-        rows.append({"name": f"{name} @{s:.0%}", "method": name, "sparsity": s, "cfg": cfg,
-                     "metrics": e["metrics"], "eval": e, "wall_s": wall, "peak_gb": peak,
-                     "zeros": 100 * E.sparsity_report(model)["overall"]["sparsity"]})
-        del model, res                          # free the device before the next run
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    dense = next((r for r in rows if r["method"] == "dense_lora"), None)
-    for r in rows if dense else []:             # rel_detail lists ratios and skipped metrics
-        r["rel_detail"] = E.relative_performance(r["metrics"], dense["metrics"])
-        r["rel"] = r["rel_detail"]["percent_of_dense"]
-    table = E.markdown_table(rows, list(rows[0]["metrics"]) if rows else [])
-    if out:
-        E.write(out, {"domain": domain, "sparsities": list(sparsities), "eval": eval_kw,
-                     "rows": rows}, table)
-    return {"rows": rows, "table": table}
+def mean(values):                           # accuracy (items: 1 right, 0 wrong), ROUGE
+    return float(np.mean(values))
 
 
+def macro_f1(pairs):                        # items: (prediction, label); None = unparsable
+    return E.macro_f1(pairs[:, 0].tolist(), pairs[:, 1].tolist())
 
+
+def perplexity(seqlen):
+    """The statistic of window NLLs: SPEC 9's exp(total NLL / predicted tokens)."""
+    return lambda nll: math.exp(np.sum(nll) / (len(nll) * (seqlen - 1)))
+
+
+def draws(sizes, n_boot, seed):
+    """Hierarchical resamples: seeds with replacement, then each drawn seed's items with
+    replacement; one draw is [(seed index, item indices)]."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield [(s, rng.integers(0, sizes[s], sizes[s])) for s in rng.integers(0, len(sizes), len(sizes))]
+
+
+def bootstrap(per_seed_values, stat, n_boot=2000, seed=0):
+    """The seed mean of stat(a seed's items) -> (estimate, 2.5 %, 97.5 % percentile of its
+    n_boot hierarchical resamples). per_seed_values: one sequence of items per seed."""
+    v = [np.asarray(x) for x in per_seed_values]
+    boots = [np.mean([stat(v[s][i]) for s, i in d]) for d in draws([len(x) for x in v], n_boot, seed)]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(np.mean([stat(x) for x in v])), float(lo), float(hi)
+
+
+def paired(a_per_seed, b_per_seed, stat, n_boot=2000, seed=0):
+    """Seed mean of stat(a) - stat(b), both arms on the same resamples (same seeds, same items)
+    -> {"diff", "lo", "hi" (2.5 / 97.5 %), "flip": share of resamples whose difference does not
+    have the sign of diff (a zero difference against a nonzero diff counts)}."""
+    a, b = [np.asarray(x) for x in a_per_seed], [np.asarray(x) for x in b_per_seed]
+    if [len(x) for x in a] != [len(x) for x in b]:
+        raise ValueError(f"compare.paired: items per seed differ: {[len(x) for x in a]} vs {[len(x) for x in b]}")
+    boots = np.array([np.mean([stat(a[s][i]) - stat(b[s][i]) for s, i in d])
+                      for d in draws([len(x) for x in a], n_boot, seed)])
+    diff = float(np.mean([stat(x) - stat(y) for x, y in zip(a, b)]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"diff": diff, "lo": float(lo), "hi": float(hi), "flip": float(np.mean(np.sign(boots) != np.sign(diff)))}
+
+
+def metric_items(run, key):
+    """(items, stat) of metric `key` ("ppl" or "<task>/<metric>") in one cached run."""
+    if key == "ppl":
+        return run["window_nll"], perplexity(run["ppl"]["seqlen"])
+    task, metric = key.rsplit("/", 1)
+    items = [r for r in run["items"] if r["task"] == task]
+    if metric == "macro_f1":
+        return np.array([(r["prediction"], r["label"]) for r in items], dtype=object), macro_f1
+    return [float(r["correct"]) if metric == "accuracy" else r["rouge"][metric] for r in items], mean
+
+
+# ----------------------------------------------------------------------------- the grid
 @dataclasses.dataclass
 class CompareConfig:
-    """One comparison; every field is a flag (--sparsity 0.4 0.5) and a --config key."""
-    domain: str = "med"          # built-in domain: med | legal
-    sparsity: list = dataclasses.field(default_factory=lambda: [0.4, 0.5])   # pruned fractions
-    methods: list = dataclasses.field(default_factory=lambda: list(METHODS))  # rows (METHODS)
-    train_config: str = ""       # JSON of train.py fields: the budget shared by every method
+    """One study; every field is a flag (--seeds 0 1 2) and a --config key."""
+    domain: str = "med"          # built-in domain (med | legal) for training and test data, unless --train
+    train: str = ""              # JSONL task file to fine-tune on instead of the domain's split
+    tasks: list = dataclasses.field(default_factory=list)   # JSONL task files to test on too (name = file stem)
+    test_tasks: list = dataclasses.field(default_factory=list)   # keep only these test tasks by name ([] = all)
+    ppl_file: str = ""           # text for the domain perplexity ("" = the domain's; none with --train)
+    test_frac: float = 0.2       # share of each built-in task held out for test (one split for every run)
+    sparsity: list = dataclasses.field(default_factory=lambda: [0.5])   # pruned fractions
+    methods: list = dataclasses.field(default_factory=lambda: list(METHODS))  # rows (METHODS); dense_lora always runs
+    seeds: list = dataclasses.field(default_factory=lambda: [0, 1, 2])   # train.py seeds, one run each
+    train_config: str = ""       # JSON of train.py fields: the budget shared by every run
     model: str = ""              # HF-layout model directory ("" = the built-in SmolLM2)
-    out: str = "runs/compare"    # folder: one run per row, results.json, results.md
-    seqlen: int = 512            # perplexity window and prompt length
+    out: str = "runs/compare"    # folder: runs/ (cache), models/ (dense), results.json, results.md
+    overwrite: bool = False      # replace cached runs made with another configuration
+    keep_models: bool = False    # keep every run's model in work/ (~0.5 GB each for SmolLM2), not only dense
+    seqlen: int = 512            # perplexity window (tokens)
     max_examples: int = 0        # first N test examples per task (0 = all)
     ppl_max_windows: int = 0     # first N perplexity windows (0 = all)
+    n_boot: int = 2000           # bootstrap resamples per interval
+    boot_seed: int = 0           # seed of the resampling
 
     def __post_init__(self):
-        if self.domain not in ("med", "legal"):
-            raise ValueError(f"domain={self.domain!r}, expected one of ('med', 'legal')")
+        if not self.train and self.domain not in ("med", "legal"):
+            raise ValueError(f"domain={self.domain!r}, expected one of ('med', 'legal') or --train FILE")
+        if self.train and not (self.tasks or self.ppl_file):
+            raise ValueError("--train needs something to test on: --tasks FILE.jsonl and / or --ppl_file")
         if not all(0 <= s < 1 for s in self.sparsity):
             raise ValueError(f"sparsity values must be in [0, 1), got {self.sparsity}")
         if set(self.methods) - set(METHODS):
             raise ValueError(f"methods: unknown {sorted(set(self.methods) - set(METHODS))}, "
                              f"expected some of {list(METHODS)}")
-        for field in ("train_config", "model"):
-            if getattr(self, field) and not Path(getattr(self, field)).exists():
-                raise FileNotFoundError(f"{field}: path {getattr(self, field)!r} does not exist")
+        if not self.seeds or len(set(self.seeds)) < len(self.seeds) or not 0 < self.test_frac < 1:
+            raise ValueError(f"need distinct seeds and test_frac in (0, 1), got {self.seeds}, {self.test_frac}")
+        if self.seqlen < 2 or min(self.max_examples, self.ppl_max_windows) < 0 or self.n_boot < 1:
+            raise ValueError(f"need seqlen >= 2, max_examples and ppl_max_windows >= 0, n_boot >= 1; got "
+                             f"{self.seqlen}, {self.max_examples}, {self.ppl_max_windows}, {self.n_boot}")
+        for field, p in [(f, getattr(self, f)) for f in ("train_config", "model", "train", "ppl_file")] + \
+                [("tasks", t) for t in self.tasks]:
+            if p and not Path(p).exists():
+                raise FileNotFoundError(f"{field}: path {p!r} does not exist")
+
+
+# train.py fields compare.py sets per run, and those that do not change a run's numbers.
+SET_HERE = ("method", "sparsity", "seed", "out", "overwrite", "resume", "eval", "domain", "train", "test", "ppl_file")
+NOT_RUN = ("out", "overwrite", "resume", "log_every", "eval", "eval_max", "eval_seqlen", "eval_ppl_windows",
+           "test", "ppl_file")
+
+
+def budget(c):
+    """The train.py fields every run shares: --train_config over its preset's values."""
+    tc = json.loads(Path(c.train_config).read_text()) if c.train_config else {}
+    if set(tc) & set(SET_HERE):
+        raise ValueError(f"train_config {c.train_config}: {sorted(set(tc) & set(SET_HERE))} are set by "
+                         "compare.py per run (--methods, --sparsity, --seeds, --domain / --train, --out)")
+    if c.model:                         # a flag wins over a file (cli.py's precedence)
+        tc["model"] = c.model
+    return {**train.PRESETS.get(tc.get("preset", "default"), {}), **tc}   # an unknown preset: TrainConfig says so
+
+
+def study_data(c):
+    """(training examples, {task: test examples}, perplexity text, corpus name): one split,
+    the same for every seed and method (the built-in domains split with seed 0)."""
+    dom = {} if c.train else data.default_domain(c.domain, seed=0, test_frac=c.test_frac)
+    examples = data.load_jsonl_tasks(c.train) if c.train else dom["train"]
+    tests = {**dom.get("test", {}), **{Path(f).stem: data.load_jsonl_tasks(f) for f in c.tasks}}
+    if set(c.test_tasks) - set(tests):
+        raise ValueError(f"test_tasks: unknown {sorted(set(c.test_tasks) - set(tests))}, expected some of {list(tests)}")
+    tests = {k: v[:c.max_examples or None] for k, v in tests.items() if k in c.test_tasks or not c.test_tasks}
+    ppl = Path(c.ppl_file).read_text() if c.ppl_file else dom.get("ppl_text")
+    return examples, tests, ppl, c.ppl_file or f"{c.domain}:ppl_text"
+
+
+def _digest(obj):
+    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flat(d, prefix=""):
+    return {f"{prefix}{k}": v for key, x in d.items()
+            for k, v in (_flat(x, f"{key}.").items() if isinstance(x, dict) else [(key, x)])}
+
+
+def plan(c, base, split, tasks, evaluation):
+    """The runs, seed by seed, dense first (the baselines of its seed prune its model); each
+    with its train.TrainConfig and the identity its fingerprint hashes: the config (seed,
+    sparsity and the method's fields included; not where it writes), the training data, the
+    calibration text, the evaluation settings, test items and perplexity text."""
+    out, runs, train_file = Path(c.out), [], split / "train.jsonl"
+    fixed = {"overwrite": True, "eval": False, "train": str(train_file),   # evaluation: here, alike
+             "test": [str(split / "test" / f"{t}.jsonl") for t in tasks]}
+    calib = _digest(Path(base["calib"]).read_text()) if base.get("calib") else "general_corpus"
+    sources = {"train": _digest(train_file.read_text()), "calib": calib}
+    grid = [("dense_lora", 0.0)] + [(m, s) for s in c.sparsity for m in c.methods if m != "dense_lora"]
+    for seed in c.seeds:
+        for method, s in grid:
+            name = f"{method}-s{seed}" if method == "dense_lora" else f"{method}-{100 * s:g}-s{seed}"
+            where = out / "models" / f"dense-s{seed}" if method == "dense_lora" else out / "work" / name
+            cfg = cli.make(train.TrainConfig, {**base, **METHODS[method], **fixed, "sparsity": s, "seed": seed,
+                                               "out": str(where)})
+            reuse = method in BASELINES and cfg.baseline_order == "after"
+            ident = {"run": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN},
+                     "data": sources, "row": method, "reuse_dense": reuse, "eval": evaluation}
+            ident["run"]["train"] = "data.train"            # the file's content, not its path
+            runs.append(dict(name=name, method=method, sparsity=s, seed=seed, cfg=cfg, reuse=reuse,
+                             identity=ident, fingerprint=_digest(ident), path=out / "runs" / f"{name}.json",
+                             dense=out / "models" / f"dense-s{seed}" / "model",
+                             twin=_digest({k: v for k, v in ident.items() if k != "row"})))
+    return runs
+
+
+def cached_runs(runs, overwrite, log):
+    """{name: cached record} of the runs whose fingerprint matches; another fingerprint is an
+    error naming the file and the fields that differ, unless overwrite (then it runs again)."""
+    done = {}
+    for r in (r for r in runs if r["path"].exists()):
+        old = json.loads(r["path"].read_text())
+        if old.get("fingerprint") == r["fingerprint"]:
+            done[r["name"]] = old
+        elif not overwrite:
+            a, b = _flat(old.get("identity", {})), _flat(r["identity"])
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise ValueError(f"{r['path']}: a cached run made with another configuration (differs in "
+                             f"{', '.join(diff[:6]) or 'fingerprint'}): pass --overwrite to replace it, or another --out")
+    for r in (r for r in runs if r["reuse"] and r["name"] not in done):
+        dense = f"dense_lora-s{r['seed']}"          # a baseline to run prunes this model
+        if dense in done and not (r["dense"] / "model.safetensors").exists():
+            log(f"[compare] {dense}: its model is missing ({r['dense']}): training it again")
+            del done[dense]
+    return done
+
+
+def prune_dense(cfg, dense_dir):
+    """wanda / sparsegpt with baseline_order "after" from the saved dense LoRA model of the same
+    seed: train.run's final call (train.Job builds the same PruneOptions and the calibration
+    windows of cfg.seed; prune_call seeds the call), without training again."""
+    job = train.Job(cfg)
+    job.model = M.load_model(dense_dir, job.device, job.dtype)
+    report = job.prune_call(cfg.method, False, False, "final")
+    report.pop("maps")
+    return job.model, job.tok, {"prune_calls": [report], "config": dataclasses.asdict(cfg)}
+
+
+def execute(r, tests, ppl_text, corpus, c, log):
+    """Train (or prune the dense model), evaluate, and return the record cached for the run."""
+    t0 = time.time()
+    if r["reuse"]:
+        model, tok, trained = prune_dense(r["cfg"], r["dense"])
+    else:
+        trained = train.run(r["cfg"])
+        model, tok = trained.pop("model"), trained.pop("tokenizer")
+    t_eval = time.time()
+    e = E.evaluate(model, tok, tests, ppl_text, seqlen=c.seqlen, ppl_max_windows=c.ppl_max_windows or None,
+                   ppl_corpus=corpus, log=log, name=r["name"])
+    ppl = dict(e["ppl"] or {})
+    keep = ("task", "index", "prediction", "label", "correct", "rouge")
+    rec = {k: r[k] for k in ("name", "method", "sparsity", "seed", "fingerprint", "identity")}
+    rec.update(metrics=e["metrics"], window_nll=ppl.pop("window_nll", []), ppl=ppl,
+               tasks=e["tasks"], items=[{k: x[k] for k in keep if k in x} for x in e["predictions"]],
+               zeros=E.sparsity_report(model)["overall"]["sparsity"], eval_s=time.time() - t_eval,
+               wall_s=time.time() - t0, config=dataclasses.asdict(r["cfg"]), train=trained)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if r["method"] != "dense_lora" and not c.keep_models:   # evaluated and recorded: free ~0.5 GB
+        shutil.rmtree(r["cfg"].out, ignore_errors=True)
+    return rec
+
+
+def study(c, log=print):
+    """Run (or reuse) every run of the grid, then aggregate; returns {"rows", "table", ...}."""
+    out, base = Path(c.out), budget(c)
+    examples, tests, ppl_text, corpus = study_data(c)
+    if not tests and not ppl_text:
+        raise ValueError("nothing to evaluate: no test tasks and no perplexity text")
+    split = out / "data"                                      # the split, as task files
+    (split / "test").mkdir(parents=True, exist_ok=True)
+    data.save_jsonl_tasks(examples, split / "train.jsonl")
+    for task, exs in tests.items():
+        data.save_jsonl_tasks(exs, split / "test" / f"{task}.jsonl")
+    evaluation = {"seqlen": c.seqlen, "ppl_max_windows": c.ppl_max_windows, "corpus": corpus,
+                  "tests": _digest(tests), "ppl_text": _digest(ppl_text or "")}
+    runs = plan(c, base, split, list(tests), evaluation)
+    done = cached_runs(runs, c.overwrite, log)
+    for name, rec in done.items():
+        log(f"[compare] {name}: cached ({rec['wall_s']:.0f}s when run)")
+    bar, n = cli.Progress("[compare] run", len(runs), "run", log, start=len(done)), len(done)
+    for r in (r for r in runs if r["name"] not in done):
+        twin = next((x["name"] for x in runs if x["twin"] == r["twin"] and x["name"] in done), None)
+        if twin:        # the same train config under another row name (efx and efx_e16 by default)
+            rec = {**done[twin], **{k: r[k] for k in ("name", "method", "fingerprint", "identity")}}
+            log(f"[compare] {r['name']}: the same run as {twin} (equal train config): its record reused")
+        else:
+            how = f"prune {r['dense']}" if r["reuse"] else f"train.run ({r['cfg'].method})"
+            log(f"[compare] {r['name']}: started ({how})")
+            rec = execute(r, tests, ppl_text, corpus, c, log)
+        done[r["name"]] = rec
+        r["path"].parent.mkdir(parents=True, exist_ok=True)
+        files.atomic_write_text(json.dumps(rec, default=str), r["path"])
+        n += 1
+        bar.update(n, f"{r['name']} finished in {rec['wall_s']:.0f}s", keep=True)
+    log(f"[compare] statistics: {c.n_boot} hierarchical bootstrap resamples per interval")
+    rows, best = aggregate(c, runs, done)
+    table = markdown(rows, best, c)
+    results = {"config": dataclasses.asdict(c), "budget": base, "evaluation": evaluation,
+               "test_items": {k: len(v) for k, v in tests.items()}, "train_examples": len(examples),
+               "best_baseline": best, "rows": rows, "runs": [f"runs/{r['path'].name}" for r in runs]}
+    E.write(out, results, table)
+    figure(rows, out / "ppl_vs_sparsity.png", log)
+    return {**results, "table": table}
+
+
+# ----------------------------------------------------------------------------- aggregation
+def aggregate(c, runs, done):
+    """One row per (method, sparsity): per metric the seed mean and its 95 % interval, % of
+    dense (SPEC 9, from the seed means), and against the best baseline at that sparsity the
+    paired difference of ppl and of every accuracy. Returns (rows, {sparsity: best})."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["sparsity"]), []).append(done[r["name"]])
+    boot = dict(n_boot=c.n_boot, seed=c.boot_seed)
+    rows = []
+    for (method, s), recs in groups.items():
+        row = {"name": f"{method} @{s:.0%}", "method": method, "sparsity": s, "seeds": [x["seed"] for x in recs],
+               "metrics": {}, "per_seed": {}, "zeros": 100 * np.mean([x["zeros"] for x in recs]),
+               "wall_s": float(np.mean([x["wall_s"] for x in recs]))}
+        for key in recs[0]["metrics"]:
+            items, stat = zip(*(metric_items(x, key) for x in recs))
+            row["metrics"][key] = dict(zip(("mean", "lo", "hi"), bootstrap(items, stat[0], **boot)))
+            row["per_seed"][key] = [x["metrics"][key] for x in recs]
+        row["runs"] = [x["name"] for x in recs]
+        rows.append(row)
+    means = lambda row: {k: m["mean"] for k, m in row["metrics"].items()}
+    dense = next(r for r in rows if r["method"] == "dense_lora")
+    best = {}
+    for row in rows:
+        row["rel_detail"] = E.relative_performance(means(row), means(dense))
+        row["rel"] = row["rel_detail"]["percent_of_dense"]
+    for s in c.sparsity:
+        bl = [r for r in rows if r["sparsity"] == s and r["method"] in BASELINES and "ppl" in r["metrics"]]
+        if not bl:
+            continue
+        b = min(bl, key=lambda r: r["metrics"]["ppl"]["mean"])
+        best[s] = b["method"]
+        for row in (r for r in rows if r["sparsity"] == s and r is not b):
+            row["vs_best"] = {k: paired([metric_items(done[n], k)[0] for n in row["runs"]],
+                                        [metric_items(done[n], k)[0] for n in b["runs"]],
+                                        metric_items(done[row["runs"][0]], k)[1], **boot)
+                              for k in row["metrics"] if k == "ppl" or k.endswith("/accuracy")}
+    return rows, best
+
+
+def _ci(m, f):
+    return f"{m['mean']:{f}} [{m['lo']:{f}}, {m['hi']:{f}}]"
+
+
+def markdown(rows, best, c):
+    """The table: seed mean [95 % interval] per metric, % of dense, paired differences."""
+    keys = list(rows[0]["metrics"])
+    keys = (["ppl"] if "ppl" in keys else []) + [k for k in keys if k != "ppl"]
+    diffs = [k for k in keys if k == "ppl" or k.endswith("/accuracy")]
+    head = ["method", "sparsity"] + keys + ["% of dense", "zeros %"] + [f"Δ {k} vs best baseline" for k in diffs] + ["wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vs = r.get("vs_best", {})
+        cells = [r["method"], f"{r['sparsity']:.0%}"] + [_ci(r["metrics"][k], ".2f" if k == "ppl" else ".3f") for k in keys]
+        cells += [f"{r['rel']:.1f}", f"{r['zeros']:.1f}"]
+        cells += [f"{_ci({'mean': vs[k]['diff'], **vs[k]}, '+.2f' if k == 'ppl' else '+.3f')} flip {vs[k]['flip']:.2f}"
+                  if k in vs else "-" for k in diffs]
+        lines.append("| " + " | ".join(cells + [f"{r['wall_s']:.0f}"]) + " |")
+    seeds = ", ".join(map(str, c.seeds))
+    notes = [f"Seed mean over seeds {seeds}; [2.5 %, 97.5 %] of {c.n_boot} hierarchical bootstrap resamples "
+             "(seeds with replacement, then test items / perplexity windows within each seed).",
+             "% of dense: SPEC 9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed means.",
+             "Δ: method − best baseline at the same sparsity (" + ", ".join(f"{s:.0%}: {m}" for s, m in best.items())
+             + "), on the same resamples (paired); flip: share of resamples whose Δ lacks the sign of the estimate.",
+             "wall s: per run; the baselines prune the dense LoRA model of their seed (its training not counted)."]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def figure(rows, path, log=print):
+    """Domain perplexity against sparsity per method, 95 % interval bars; dense LoRA as a band."""
+    try:
+        import matplotlib                   # optional: only this figure needs it
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log(f"[compare] matplotlib is not installed: no {path.name} (pip install matplotlib)")
+        return None
+    if not all("ppl" in r["metrics"] for r in rows):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dense = next(r for r in rows if r["method"] == "dense_lora")["metrics"]["ppl"]
+    ax.axhspan(dense["lo"], dense["hi"], color="0.9")
+    ax.axhline(dense["mean"], color="0.4", ls="--", label="dense_lora")
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense_lora"))
+    for j, m in enumerate(methods):         # a small offset per method keeps the bars apart
+        pts = sorted((r["sparsity"], r["metrics"]["ppl"]) for r in rows if r["method"] == m)
+        x = [100 * s + 0.4 * (j - (len(methods) - 1) / 2) for s, _ in pts]
+        y = [p["mean"] for _, p in pts]
+        err = [[p["mean"] - p["lo"] for _, p in pts], [p["hi"] - p["mean"] for _, p in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("domain perplexity (seed mean, 95 % interval)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None):
     def go():
-        c = cli.parse(CompareConfig, argv, __doc__.split("\n")[0])
-        base = json.loads(Path(c.train_config).read_text()) if c.train_config else {}
-        if c.model:
-            base.setdefault("model", c.model)
-        res = compare(c.domain, c.sparsity, c.methods, base_cfg=base, out=c.out, seqlen=c.seqlen,
-                      max_examples=c.max_examples or None, ppl_max_windows=c.ppl_max_windows or None)
+        res = study(cli.parse(CompareConfig, argv, __doc__.split("\n\n")[0]))
         print(res["table"])
         return res
     return cli.main("compare.py", go)

@@ -43,9 +43,10 @@ def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_win
     """SPEC 9 perplexity with its protocol (what results JSON records).
 
     Each window of seqlen tokens predicts its last seqlen-1 tokens from the ones before it;
-    PPL = exp(total NLL / predicted tokens). (The Wanda/SparseGPT wikitext scripts divide by
-    n*seqlen instead, a factor seqlen/(seqlen-1) in the exponent.) max_windows: only the first
-    windows (quick CPU checks); recorded, so a partial corpus is never mistaken for the whole."""
+    PPL = exp(total NLL / predicted tokens) (the Wanda/SparseGPT wikitext scripts divide by
+    n*seqlen, a factor seqlen/(seqlen-1) in the exponent); "window_nll": each window's summed
+    NLL (compare.py bootstraps over windows). max_windows: only the first windows (quick CPU
+    checks); recorded, so a partial corpus is never mistaken for the whole."""
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     if seqlen < 2:
         raise ValueError(f"eval.perplexity: seqlen must be >= 2, got {seqlen}")
@@ -56,18 +57,18 @@ def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_win
     windows = ids[: n * seqlen].view(n, seqlen)              # (n, seqlen)
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
-    total = 0.0                                              # float64 sum over windows
+    nll = []                                                 # per window, float64
     bar = cli.Progress("[eval] ppl", n, "window", log=log or (lambda _: None))  # None: silent
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = windows[i:i + batch_size].to(device)         # (B, T)
             logits = model(x)                                # (B, T, V)
             for b in range(x.shape[0]):                      # float32 copy of one row at a time
-                total += F.cross_entropy(_wide(logits[b, :-1]), x[b, 1:], reduction="sum").item()
-            bar.update(i + len(x), f"ppl {math.exp(total / ((i + len(x)) * (seqlen - 1))):.3f}")
+                nll.append(F.cross_entropy(_wide(logits[b, :-1]), x[b, 1:], reduction="sum").item())
+            bar.update(i + len(x), f"ppl {math.exp(sum(nll) / (len(nll) * (seqlen - 1))):.3f}")
     model.train(was_training)
-    return {"ppl": math.exp(total / (n * (seqlen - 1))), "corpus": corpus, "seqlen": seqlen,
-            "windows": n, "predicted_tokens": n * (seqlen - 1), "corpus_tokens": ids.numel(),
+    return {"ppl": math.exp(sum(nll) / (n * (seqlen - 1))), "corpus": corpus, "seqlen": seqlen, "windows": n,
+            "predicted_tokens": n * (seqlen - 1), "corpus_tokens": ids.numel(), "window_nll": nll,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
 
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-import compare  # noqa: E402
 import eval as ev  # noqa: E402
 
 TOL32 = 1e-5        # float32 logits
@@ -317,27 +316,14 @@ def test_s9_cli_end_to_end(make_ckpt, tmp_path):
     assert (out / "results.md").read_text().startswith("| method | mc/accuracy")
 
 
-def test_s9_compare_hook(monkeypatch, tmp_path):
-    """compare() against the assumed train.run(cfg) -> {"model": ...} interface."""
-    tok = CharTok()
-    calls = []
-
-    def run(cfg):
-        calls.append(cfg)
-        return {"model": CumSum(tok.vocab_size, seed=int(100 * cfg["sparsity"])),
-                "tokenizer": tok, "peak_gb": 1.5}
-    dom = {"train": [], "ppl_text": "abc abd abe " * 4,
-           "test": {"qa": [{"prompt": "is it", "completion": " yes",
-                            "choices": [" yes", " no"], "label": 0}] * 2}}
-    monkeypatch.setattr(compare.train, "run", run)
-    monkeypatch.setattr(compare.data, "default_domain", lambda n: dom)
-    res = compare.compare("med", [0.5], methods=("dense_lora", "wanda_lora", "efx_published"),
-                     out=tmp_path, seqlen=8, log=lambda *_: None)
-    assert [(c["method"], c["sparsity"], c.get("pbs"), c.get("reconstruct")) for c in calls] == [
-        ("dense", 0.0, None, None), ("wanda", 0.5, None, None), ("efx", 0.5, True, "none")]
-    assert calls[2]["out"] == str(tmp_path / "efx_published_0.5") and calls[0]["eval"] is False
-    assert res["rows"][0]["rel"] == pytest.approx(100.0)
-    assert "% of dense" in (tmp_path / "results.md").read_text()
+def test_s9_ppl_window_nll_hand():
+    """Each window's summed NLL (compare.py bootstraps over them): the Bigram windows of
+    test_s9_ppl_hand_and_remainder_dropped, [0,1,2] and [2,2,0], by hand; they give the ppl."""
+    m = Bigram([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]])
+    rec = ev.perplexity_record(m, [0, 1, 2, 2, 2, 0, 1], 3, batch_size=1)
+    want = [-(math.log(0.6) + math.log(0.25)), -(math.log(0.6) + math.log(0.2))]
+    assert rec["window_nll"] == pytest.approx(want, rel=TOL32)
+    assert rec["ppl"] == pytest.approx(math.exp(sum(rec["window_nll"]) / 4), rel=1e-12)
 
 
 def test_s9_prompt_ids_bos_and_left_cut():

@@ -1,0 +1,263 @@
+"""Tests for compare.py (SPEC 9): the statistics helpers on cases with known answers, and the
+study driver on a tiny grid: cache and resume, a changed configuration refused, and the
+baselines' reuse of the dense LoRA model equal to train.run's own baseline.
+
+The grid runs are real train.run calls on the tiny checkpoint of conftest.py (2 layers,
+hidden 64, word-level tokenizer), 8 training examples, 2 epochs of batch 4, calibration
+2 x 16 tokens, 8 test items, 6 perplexity windows of 16 tokens; CPU.
+Run: python -m pytest -q tests/test_compare.py
+"""
+import json
+import math
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import compare  # noqa: E402
+import eval as E  # noqa: E402
+import model as M  # noqa: E402
+import train  # noqa: E402
+
+N_BOOT = 2000
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_s9_bootstrap_bernoulli_matches_normal_interval():
+    """One seed, n Bernoulli(p) items: the percentile interval of the mean is close to the
+    normal one, p_hat +- 1.96 sqrt(p_hat (1 - p_hat) / n). Tolerance 0.006: the Monte Carlo sd
+    of a 2.5 % quantile from 2000 resamples is sqrt(0.025 * 0.975 / 2000) / phi(1.96) * se
+    = 0.06 se = 0.0014 (se = 0.023 here), a resampled mean moves in steps of 1/n = 0.0025,
+    and the binomial's skew at p = 0.3, n = 400 shifts the ends by well under 0.001."""
+    n, p = 400, 0.3
+    x = (np.random.default_rng(1).random(n) < p).astype(float)
+    p_hat = x.mean()
+    est, lo, hi = compare.bootstrap([x], compare.mean, n_boot=N_BOOT)
+    half = 1.96 * math.sqrt(p_hat * (1 - p_hat) / n)
+    assert est == p_hat
+    assert lo == pytest.approx(p_hat - half, abs=0.006) and hi == pytest.approx(p_hat + half, abs=0.006)
+
+
+def test_s9_bootstrap_constant_has_zero_width():
+    assert compare.bootstrap([np.full(10, 0.7), np.full(5, 0.7)], compare.mean, n_boot=200) == (0.7, 0.7, 0.7)
+
+
+def test_s9_bootstrap_seed_variance_widens_the_interval():
+    """Hierarchical: three seeds whose accuracies differ (0.2, 0.5, 0.8) give a much wider
+    interval than the same 600 items as one seed (item noise only)."""
+    rng = np.random.default_rng(0)
+    seeds = [(rng.random(200) < p).astype(float) for p in (0.2, 0.5, 0.8)]
+    _, lo_h, hi_h = compare.bootstrap(seeds, compare.mean, n_boot=N_BOOT)
+    _, lo_1, hi_1 = compare.bootstrap([np.concatenate(seeds)], compare.mean, n_boot=N_BOOT)
+    assert hi_h - lo_h > 4 * (hi_1 - lo_1)
+
+
+def test_s9_paired_identical_arms_and_constant_shift():
+    """Identical arms: difference exactly 0 on every resample. An arm shifted by c = 0.25:
+    exactly c with zero width (64 items and 2 seeds: every mean is exact in binary)."""
+    rng = np.random.default_rng(0)
+    a = [(rng.random(64) < 0.4).astype(float) for _ in range(2)]
+    same = compare.paired(a, a, compare.mean, n_boot=500)
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "flip": 0.0}
+    shifted = compare.paired([x + 0.25 for x in a], a, compare.mean, n_boot=500)
+    assert shifted == {"diff": 0.25, "lo": 0.25, "hi": 0.25, "flip": 0.0}
+    with pytest.raises(ValueError, match="items per seed differ"):
+        compare.paired(a, [a[0][:10], a[1]], compare.mean)
+
+
+def test_s9_paired_is_tighter_than_unpaired_and_counts_flips():
+    """Arms that share item difficulty (b = a with 5 % of items flipped to right): the paired
+    interval of the difference is narrower than the two marginal intervals; flip is the share
+    of resamples with a difference <= 0 against a positive estimate."""
+    rng = np.random.default_rng(0)
+    a = (rng.random(200) < 0.5).astype(float)
+    b = a.copy()
+    b[np.flatnonzero(a == 0)[:10]] = 1.0
+    d = compare.paired([b], [a], compare.mean, n_boot=N_BOOT)
+    _, lo, hi = compare.bootstrap([a], compare.mean, n_boot=N_BOOT)
+    assert d["diff"] == pytest.approx(0.05) and 0 < d["lo"] < 0.05 < d["hi"] and d["hi"] - d["lo"] < (hi - lo) / 2
+    assert d["flip"] == 0.0                      # b >= a item by item: never a negative difference
+
+
+def test_s9_statistics_match_eval():
+    """The per-item statistics give evaluate's numbers: macro-F1 through eval.macro_f1 (None:
+    unparsable, no class of its own), perplexity exp(sum NLL / (windows (seqlen - 1)))."""
+    pairs = np.array([(0, 0), (None, 1), (2, 1), (1, 1)], dtype=object)
+    assert compare.macro_f1(pairs) == E.macro_f1([0, None, 2, 1], [0, 1, 1, 1])
+    nll = [15 * math.log(37)] * 6                # six uniform windows over 37 tokens, seqlen 16
+    assert compare.perplexity(16)(np.array(nll)) == pytest.approx(37, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def _words(rng, k):
+    return " ".join(f"w{rng.randrange(125)}" for _ in range(k))
+
+
+@pytest.fixture
+def study(tmp_path, tiny_ckpt):
+    """Factory: study(out, **CompareConfig fields) -> compare.CompareConfig on tiny files."""
+    ckpt, _ = tiny_ckpt
+    rng = random.Random(0)
+    tr, te, ppl, calib, budget = (tmp_path / n for n in ("train.jsonl", "qa.jsonl", "ppl.txt", "calib.txt", "budget.json"))
+    tr.write_text("".join(json.dumps({"prompt": _words(rng, 6), "completion": " " + _words(rng, 4)}) + "\n"
+                          for _ in range(8)))
+    te.write_text("".join(json.dumps({"prompt": _words(rng, 6), "completion": " w1", "choices": [" w1", " w2"],
+                                      "label": 0} if i % 2 else {"prompt": _words(rng, 6), "completion": " w2",
+                                                                  "choices": [" w1", " w2"], "label": 1}) + "\n"
+                          for i in range(8)))
+    ppl.write_text(_words(rng, 200))
+    calib.write_text(_words(rng, 400))
+    budget.write_text(json.dumps(dict(model=str(ckpt), calib=str(calib), epochs=2, batch_size=4, max_train=0,
+                                      nsamples=2, seqlen=16, max_len=32, device="cpu", log_every=100,
+                                      prune_every_steps=0)))
+
+    def make(out, **kw):
+        fields = dict(train=str(tr), tasks=[str(te)], ppl_file=str(ppl), sparsity=[0.5],
+                      methods=["wanda_lora", "efx_none"], seeds=[0, 1], train_config=str(budget),
+                      out=str(tmp_path / out), seqlen=16, ppl_max_windows=6, n_boot=50)
+        return compare.CompareConfig(**{**fields, **kw})
+    return make
+
+
+def _count(monkeypatch, fail_at=None):
+    """Count train.run and prune_dense calls; with fail_at = k, the k-th run raises."""
+    calls = []
+    real_run, real_prune = train.run, compare.prune_dense
+
+    def hook(real, kind):
+        def f(cfg, *a, **kw):
+            calls.append((kind, cfg.method, cfg.seed))
+            if len(calls) == fail_at:
+                raise KeyboardInterrupt("injected")
+            return real(cfg, *a, **kw)
+        return f
+    monkeypatch.setattr(train, "run", hook(real_run, "train"))
+    monkeypatch.setattr(compare, "prune_dense", hook(real_prune, "prune"))
+    return calls
+
+
+def _stable(res):
+    """results without wall times (which differ between runs)."""
+    return json.loads(json.dumps({k: v for k, v in res.items() if k != "table"}, default=str),
+                      object_hook=lambda d: {k: v for k, v in d.items() if k != "wall_s"})
+
+
+def test_s9_study_cache_and_resume(study, monkeypatch):
+    """A second study reuses every cached run (no training, no pruning) and gives the same
+    results; a study interrupted after its first run resumes to the results of an
+    uninterrupted one; the baselines prune the dense model (no training of their own)."""
+    logs = []
+    calls = _count(monkeypatch)
+    first = compare.study(study("a"), log=logs.append)
+    assert calls == [("train", "dense", 0), ("prune", "wanda", 0), ("train", "efx", 0),
+                     ("train", "dense", 1), ("prune", "wanda", 1), ("train", "efx", 1)]
+    out = Path(study("a").out)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "dense_lora-s0.json", "dense_lora-s1.json", "efx_none-50-s0.json", "efx_none-50-s1.json",
+        "wanda_lora-50-s0.json", "wanda_lora-50-s1.json"]
+    assert (out / "models/dense-s0/model/model.safetensors").exists() and not list(out.glob("work/*"))
+    run = json.loads((out / "runs/wanda_lora-50-s0.json").read_text())
+    assert len(run["window_nll"]) == 6 and len(run["items"]) == 8 and run["zeros"] == pytest.approx(0.5, abs=0.01)
+    assert run["metrics"]["ppl"] == pytest.approx(compare.perplexity(16)(np.array(run["window_nll"])), rel=1e-12)
+    assert sum("finished" in x for x in logs) == 6
+
+    calls.clear(), logs.clear()
+    again = compare.study(study("a"), log=logs.append)
+    assert calls == [] and sum("cached" in x for x in logs) == 6
+    assert _stable(again) == _stable(first)
+
+    calls = _count(monkeypatch, fail_at=2)     # interrupted in its second run
+    with pytest.raises(KeyboardInterrupt):
+        compare.study(study("b"), log=logs.append)
+    assert [p.name for p in (Path(study("b").out) / "runs").iterdir()] == ["dense_lora-s0.json"]
+    calls = _count(monkeypatch)
+    resumed = compare.study(study("b"), log=logs.append)
+    assert len(calls) == 5 and ("train", "dense", 0) not in calls
+    assert _stable(resumed)["rows"] == _stable(first)["rows"]
+
+    table = (out / "results.md").read_text()
+    assert table.startswith("| method | sparsity | ppl | qa/accuracy") and "Δ ppl vs best baseline" in table
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    assert res["best_baseline"] == {"0.5": "wanda_lora"} and rows["dense_lora @0%"]["rel"] == pytest.approx(100)
+    efx = rows["efx_none @50%"]
+    assert set(efx["vs_best"]) == {"ppl", "qa/accuracy"} and "vs_best" not in rows["wanda_lora @50%"]
+    m = efx["metrics"]["ppl"]
+    assert m["lo"] <= m["mean"] <= m["hi"] and m["mean"] == pytest.approx(np.mean(efx["per_seed"]["ppl"]))
+
+
+def test_s9_study_refuses_a_changed_configuration_unless_overwrite(study, monkeypatch):
+    c = study("a", methods=["wanda_lora"], seeds=[0])
+    compare.study(c, log=lambda *_: None)
+    budget = Path(c.train_config)
+    budget.write_text(json.dumps({**json.loads(budget.read_text()), "lr": 1e-3}))
+    calls = _count(monkeypatch)
+    with pytest.raises(ValueError, match=r"dense_lora-s0\.json: a cached run made with another configuration "
+                                         r"\(differs in run\.lr\): pass --overwrite"):
+        compare.study(c, log=lambda *_: None)
+    assert calls == []
+    compare.study(study("a", methods=["wanda_lora"], seeds=[0], overwrite=True), log=lambda *_: None)
+    assert calls == [("train", "dense", 0), ("prune", "wanda", 0)]
+    with pytest.raises(ValueError, match=r"\['seed'\] are set by compare\.py"):
+        budget.write_text(json.dumps({"seed": 3}))
+        compare.study(c, log=lambda *_: None)
+
+
+def test_s9_study_trains_a_missing_dense_model_again(study, monkeypatch):
+    """A baseline still to run needs its seed's dense model on disk: when it is gone, the
+    (cached) dense run is trained again, then pruned."""
+    c = study("a", methods=["wanda_lora"], seeds=[0])
+    compare.study(c, log=lambda *_: None)
+    out = Path(c.out)
+    shutil.rmtree(out / "models" / "dense-s0")
+    (out / "runs" / "wanda_lora-50-s0.json").unlink()
+    calls, logs = _count(monkeypatch), []
+    compare.study(c, log=logs.append)
+    assert calls == [("train", "dense", 0), ("prune", "wanda", 0)]
+    assert any("its model is missing" in x for x in logs)
+
+
+def test_s9_study_runs_an_equal_config_once(study, monkeypatch):
+    """efx and efx_e16 are the same train config under the project's defaults: one training,
+    two rows with the same numbers."""
+    calls, logs = _count(monkeypatch), []
+    res = compare.study(study("a", methods=["efx", "efx_e16"], seeds=[0]), log=logs.append)
+    assert calls == [("train", "dense", 0), ("train", "efx", 0)]
+    assert any("efx_e16-50-s0: the same run as efx-50-s0" in x for x in logs)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert rows["efx"]["metrics"] == rows["efx_e16"]["metrics"]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_s9_baseline_reuse_equals_train_run_after(study, tmp_path, method):
+    """SPEC 8 baseline_order "after": pruning the saved dense LoRA model of seed 1 gives the
+    same weights, bit for bit (torch.equal), as train.run(method, baseline_order="after", seed 1):
+    the same trained weights (saved and loaded in float32 with the same layout), the same
+    calibration windows and PruneOptions, one efx.prune call; B = 0 after the merge, so the
+    adapters train.run still carries add exact zeros in the calibration forwards."""
+    c = study("s", methods=[f"{method}_lora"], seeds=[1])
+    base = compare.budget(c)
+    fields = dict(base, train=c.train, eval=False, seed=1, sparsity=0.5, baseline_order="after")
+    train.run({**fields, "method": "dense", "out": str(tmp_path / "dense")})
+    ref = train.run({**fields, "method": method, "out": str(tmp_path / "ref")})["model"]
+    cfg = train.TrainConfig(**{**fields, "method": method, "out": str(tmp_path / "reuse")})
+    got, _, _ = compare.prune_dense(cfg, tmp_path / "dense" / "model")
+    want, have = ref.state_dict(), got.state_dict()
+    assert want.keys() == have.keys()
+    for k in want:
+        assert torch.equal(want[k], have[k]), f"{k}: max diff {(want[k] - have[k]).abs().max():.3g}"
+    assert M.sparsity_of(have["model.layers.0.self_attn.q_proj.weight"])["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_s9_figure_skipped_without_matplotlib(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)         # import raises ImportError
+    logs = []
+    assert compare.figure([], tmp_path / "f.png", logs.append) is None
+    assert logs == ["[compare] matplotlib is not installed: no f.png (pip install matplotlib)"]
