@@ -28,6 +28,11 @@ pytest_add_cli_args_test_selection =
 pytest_add_cli_args =
     -k
     not cli_bad_input and not cli_runs_on_dir and not ddp_gloo
+do_not_mutate_patterns =
+    raise \w+\(
+    ^\s*log\(
+    bar\.
+    cli\.Progress\(
 also_copy =
     files.py
     cli.py
@@ -41,7 +46,8 @@ export EFX_CACHE="${EFX_CACHE:-$REPO/.cache/efx}"     # the fetched wheels and t
 # mutmut's trampolines cannot find setup.cfg; they check messages and ranks, not the core.
 # The core (issue: mutation score): criteria, masks, PBS (all forms), SparseGPT / OBS, the
 # prune driver, LoRA, RoPE, RMSNorm, the schedule and lr, the metrics. Excluded on purpose:
-# log and error-message text, memory estimates, I/O, the CLIs.
+# log, progress and error-message lines (do_not_mutate_patterns: whether a check raises is
+# on its `if` line, which is mutated), memory estimates, I/O, the CLIs.
 FUNCS=(
   "efx.x_wanda_score*" "efx.x_magnitude_score*" "efx.x__heads*" "efx.x_consumer_energy*"
   "efx.x_partner_factor*" "efx.x_foresight_score*" "efx.x_average_score*" "efx.x__check_nm*"
@@ -50,7 +56,9 @@ FUNCS=(
   "efx.x__prune_map*" "efx.xǁPruneOptionsǁneeds_H*" "efx.xǁPruneOptionsǁlora_scale*"
   "obs.x_chol*" "obs.x_sparsegpt_prune*"
   "model.xǁRMSNormǁforward*" "model.x_rope_inv_freq*" "model.x_apply_rope*"
-  "model.xǁLoRALinearǁ*" "model.x_add_lora*" "model.x_merge_lora*" "model.xǁTransformerǁrope*"
+  "model.xǁLoRALinearǁ__init__*" "model.xǁLoRALinearǁset_lora*"
+  "model.xǁLoRALinearǁreset_lora*" "model.xǁLoRALinearǁaugmented_weight*"
+  "model.xǁLoRALinearǁforward*" "model.xǁLoRALinearǁmerge*" "model.x_add_lora*" "model.x_merge_lora*" "model.xǁTransformerǁrope*"
   "train.x_prune_points*" "train.x_prune_options*" "train.x_ramp*" "train.x_lr_factor*"
   "eval.x_perplexity_record*" "eval.x_macro_f1*" "eval.x__ngrams*" "eval.x__f1*" "eval.x__lcs*"
   "eval.x_rouge*" "eval.x_relative_performance*"

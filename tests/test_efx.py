@@ -791,3 +791,92 @@ def test_e14_driver_column_weights_h_paper_sqrt_h_code(make_model, variant, weig
     other = (lambda h: h.sqrt()) if variant == "paper" else (lambda h: h)
     assert torch.allclose(q.weight, merged(weight(h)), atol=1e-6)
     assert not torch.allclose(q.weight, merged(other(h)), atol=1e-4)
+
+
+# ------------------------------------------------------------ edges the mutation run found
+def test_e11_defaults_dead_columns_validation_and_zero_sparsity():
+    """The reference defaults (blocksize 128, percdamp 0.01: a 256-column map has two blocks,
+    and masks are chosen per block); a dead input column is zeroed even when its weights
+    would be the largest; N:M must satisfy 0 < N < M and M | n; sparsity 0 prunes nothing."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(300, 256, generator=g, dtype=torch.float64)
+    W = torch.randn(4, 256, generator=g, dtype=torch.float64)
+    H = X.T @ X
+    a, b = efx.sparsegpt_prune(W, H, 0.5), efx.sparsegpt_prune(W, H, 0.5, blocksize=128, percdamp=0.01)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
+    assert not torch.equal(a[1], efx.sparsegpt_prune(W, H, 0.5, blocksize=256)[1])
+    assert not torch.equal(a[0], efx.sparsegpt_prune(W, H, 0.5, percdamp=1.0)[0])
+    Xd = X[:, :16].clone()
+    Xd[:, 3] = 0
+    Wd = 1e-3 * W[:, :16]
+    Wd[:, 3] = 10.0                                   # the largest weights, on a dead input
+    out, keep = efx.sparsegpt_prune(Wd, Xd.T @ Xd, 0.5, blocksize=8)
+    assert (out[:, 3] == 0).all()
+    for nm in ((0, 4), (4, 4), (3, 2), (2, 3)):       # 16 columns: 3 does not divide them
+        with pytest.raises(ValueError, match="needs 0 < N < M"):
+            efx.sparsegpt_prune(Wd, Xd.T @ Xd, 0.0, nm=nm, blocksize=12)
+    assert ((~efx.sparsegpt_prune(Wd, Xd.T @ Xd, 0.0, nm=(1, 4), blocksize=8)[1]).view(4, -1, 4)
+            .sum(-1) == 1).all()
+    w0, k0 = efx.sparsegpt_prune(Wd, Xd.T @ Xd, 0.0, blocksize=8)
+    assert k0.all() and torch.allclose(w0[:, [i for i in range(16) if i != 3]],
+                                       Wd[:, [i for i in range(16) if i != 3]])
+
+
+def test_e11_e14_e15_compute_in_float32_at_least():
+    """bf16 / mixed inputs are computed in float32 (float64 if any input is): the results
+    equal those of float32 (or float64) inputs holding the same values."""
+    W, A, B, keep, d, s = pbs_problem(4)
+    bf = [t.bfloat16() for t in (W, A, B, d)]
+    ref = efx.pbs_update(*[t.float() for t in bf[:3]], keep, bf[3].float(), s)
+    got = efx.pbs_update(*bf[:3], keep, bf[3], s)
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+    W, A, B, keep, X, s = gram_problem(4)
+    H = X.T @ X
+    ref = efx.gram_pbs_update(*[t.bfloat16().float() for t in (W, A, B)], keep, H.float(), s)
+    got = efx.gram_pbs_update(*[t.bfloat16() for t in (W, A, B)], keep, H.float(), s)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
+    mixed = efx.gram_pbs_update(W.float(), A, B.float(), keep, H.float(), s)   # A float64
+    assert mixed.dtype == torch.float64
+    Wb = torch.randn(4, 16, dtype=torch.float64)
+    Hs = (lambda Xs: Xs.T @ Xs)(torch.randn(40, 16, dtype=torch.float64))
+    w32, k32 = efx.sparsegpt_prune(Wb.bfloat16().float(), Hs.float(), 0.5, blocksize=8)
+    wbf, kbf = efx.sparsegpt_prune(Wb.bfloat16(), Hs.float(), 0.5, blocksize=8)
+    assert torch.equal(kbf, k32) and torch.allclose(wbf, w32)
+    w64, _ = efx.sparsegpt_prune(Wb, Hs, 0.5, blocksize=8)
+    assert torch.allclose(efx.sparsegpt_prune(Wb, Hs.float(), 0.5, blocksize=8)[0], w64, atol=1e-5)
+
+
+def test_e15_default_ridge_target_and_damping_notes():
+    """E15's default ridge is 1e-6 x mean diag(A H A^T); with a target (E16 then E15) the
+    rows reproduce the target, not U (brute-force least squares); a singular system says
+    which matrix it damped (E14: "pbs A D A^T", E15: "gram pbs A_K H_KK A_K^T")."""
+    W, A, B, keep, X, s = gram_problem(21)
+    H = X.T @ X
+    lam = 1e-6 * float((A @ H @ A.T).diagonal().mean())
+    assert torch.allclose(efx.gram_pbs_update(W, A, B, keep, H, s),
+                          efx.gram_pbs_update(W, A, B, keep, H, s, lam=lam), rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(efx.gram_pbs_update(W, A, B, keep, H, s),
+                              efx.gram_pbs_update(W, A, B, keep, H, s, lam=1e3 * lam), rtol=1e-6)
+    T = W + 0.3 * torch.randn_like(W)                 # a target that is not U
+    lam = 1e-2
+    dB = efx.gram_pbs_update(W, A, torch.zeros_like(B), keep, H, s, lam=lam, target=T)
+    for a in range(W.shape[0]):                       # min ||X (keep_a (W_a + z A) - T_a)||^2 + lam ||z||^2
+        K = keep[a]
+        lhs = torch.cat([X[:, K] @ A[:, K].T, math.sqrt(lam) * torch.eye(A.shape[0], dtype=A.dtype)])
+        rhs = torch.cat([X @ T[a] - X[:, K] @ W[a, K], torch.zeros(A.shape[0], dtype=A.dtype)])
+        z = torch.linalg.lstsq(lhs, rhs.unsqueeze(1)).solution.squeeze(1)
+        close(s * dB[a], z, F64, f"E15 with target, row {a}")
+    Ar = torch.zeros_like(A)                          # A = 0: every system singular
+    for call, what in ((lambda i: efx.pbs_update(W, Ar, B, keep, torch.ones(W.shape[1], dtype=W.dtype),
+                                                 s, lam=0.0, info=i), "pbs A D A^T"),
+                       (lambda i: efx.gram_pbs_update(W, Ar, B, keep, H, s, lam=0.0, info=i),
+                        "gram pbs A_K H_KK A_K^T")):
+        info = {}
+        call(info)
+        assert info["damping_increased"][0]["what"] == what
+
+
+def test_e10_prune_options_refuse_bad_nm():
+    with pytest.raises(ValueError, match="expected 0 < N < M"):
+        efx.PruneOptions(nm="0:4")
+    assert efx.PruneOptions(nm="1:4").nm == (1, 4)

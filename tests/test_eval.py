@@ -490,3 +490,26 @@ def test_s9_cli_name_default_model_and_overwrite(make_ckpt, tmp_path, monkeypatc
     with pytest.raises(SystemExit):
         ev.main(["--help"])
     assert "relative performance (% of dense) and the sparsity report." in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ edges the mutation run found
+def test_s9_ppl_record_fields_window_cap_and_shortest_window():
+    """The record's own fields (corpus "" by default, corpus_tokens), max_windows caps the
+    windows (the rest is not read), and seqlen = 2 (one predicted token a window) is valid."""
+    ids = torch.randint(0, 37, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    rec = ev.perplexity_record(Uniform(37), ids, 16, max_windows=3)
+    assert rec["corpus"] == "" and rec["corpus_tokens"] == 100
+    assert rec["windows"] == 3 and rec["predicted_tokens"] == 45 and len(rec["window_nll"]) == 3
+    assert ev.perplexity_record(Uniform(37), ids, 16)["windows"] == 6            # 100 // 16
+    two = ev.perplexity_record(Uniform(37), ids, 2)
+    assert two["windows"] == 50 and two["ppl"] == pytest.approx(37.0)
+
+
+def test_s9_rouge_one_word_and_relative_performance_edges():
+    """One-word texts (P and R divide by 1, not by a floor of 2); a metric named
+    "perplexity" is inverted like "ppl"; no comparable metric at all -> nan, not an error."""
+    assert ev.rouge("cat", "cat") == {"rouge1": 1.0, "rouge2": 0.0, "rougeL": 1.0}
+    assert ev.rouge("the cat", "cat")["rouge1"] == pytest.approx(2 * 0.5 * 1 / 1.5)
+    r = ev.relative_performance({"Perplexity": 20.0}, {"Perplexity": 10.0})
+    assert r["ratios"] == {"Perplexity": 0.5}
+    assert math.isnan(ev.relative_performance({}, {"x/accuracy": 0.5})["percent_of_dense"])

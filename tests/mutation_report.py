@@ -1,0 +1,39 @@
+"""Mutation score per file and per function of the core, from mutmut's result files.
+
+    python tests/mutation_report.py /tmp/efx-mutation/src   # after tests/mutation.sh
+
+Reads mutants/<file>.meta (mutmut 3: exit code per mutant; 1 or 3 killed, 0 survived, 33/5
+no test covers it, 24/36/... timeout). Counts only the functions of the core listed in
+tests/mutation.sh (FUNCS); survivors named in mutation_equivalent.txt count as equivalent
+(score = killed / (mutants - equivalent)); lists every other survivor."""
+import collections
+import fnmatch
+import json
+import re
+import sys
+from pathlib import Path
+
+src = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/efx-mutation/src")
+funcs = re.findall(r'"([^"]+\*)"', (Path(__file__).parent / "mutation.sh").read_text())
+STATUS = {0: "survived", 1: "killed", 3: "killed", 5: "no tests", 33: "no tests", None: "not checked"}
+equivalent = dict(line.split(" | ", 1) for line in
+                  (Path(__file__).parent / "mutation_equivalent.txt").read_text().splitlines()
+                  if line.strip() and not line.startswith("#"))
+rows, survivors = collections.defaultdict(collections.Counter), []
+for meta in sorted((src / "mutants").glob("*.py.meta")):
+    for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+        if any(fnmatch.fnmatch(name, f) for f in funcs):
+            status = STATUS.get(code, "timeout" if code in (24, -24, 36, 152, 255) else "other")
+            if status == "survived" and any(fnmatch.fnmatch(name, e) for e in equivalent):
+                status = "equivalent"
+            rows[meta.name.removesuffix(".meta")][status] += 1
+            survivors += [name] if status == "survived" else []
+total = sum(rows.values(), collections.Counter())
+print(f"{'file':<10}{'mutants':>9}{'killed':>8}{'timeout':>9}{'equivalent':>12}{'survived':>10}"
+      f"{'no tests':>10}{'unchecked':>11}{'score':>8}")
+for f, c in list(rows.items()) + [("all", total)]:
+    n = sum(c.values())
+    scored = n - c["equivalent"]                  # score = killed / (mutants - equivalent)
+    print(f"{f:<10}{n:>9}{c['killed']:>8}{c['timeout']:>9}{c['equivalent']:>12}{c['survived']:>10}"
+          f"{c['no tests']:>10}{c['not checked']:>11}{100 * (c['killed'] + c['timeout']) / max(scored, 1):>7.1f}%")
+print("\nsurvivors:", *survivors, sep="\n  ")
