@@ -778,6 +778,8 @@ def test_e14_driver_column_weights_h_paper_sqrt_h_code(make_model, variant, weig
     sqrt(h); q_proj of block 0 ends as M * (W + s (B + dB) A) with dB = pbs_update(..., d)
     for its own variant's d, and not the other's."""
     model, ids = lora_model(make_model), calib(n=8)
+    with torch.no_grad():         # inputs of q small enough that sqrt(h) < 1: the clamp is 1e-12
+        model.model.layers[0].input_layernorm.weight.mul_(0.01)
     q = model.model.layers[0].self_attn.q_proj
     W, A, B, s = q.weight.clone(), q.lora_A.detach().clone(), q.lora_B.detach().clone(), q.scaling
     h = _block0_inputs(model, ids)["q_proj"]["h"]
@@ -880,3 +882,102 @@ def test_e10_prune_options_refuse_bad_nm():
     with pytest.raises(ValueError, match="expected 0 < N < M"):
         efx.PruneOptions(nm="0:4")
     assert efx.PruneOptions(nm="1:4").nm == (1, 4)
+
+
+def _q0_expected(model, ids, variant, **o):
+    """q_proj of block 0 after a wanda call with compensation `variant`, from the pure
+    functions on the pre-call W, A, B (SPEC 7b / E12-E16 as _prune_map composes them)."""
+    q = model.model.layers[0].self_attn.q_proj
+    W, A, B, s = q.weight.clone(), q.lora_A.detach().clone(), q.lora_B.detach().clone(), q.scaling
+    with torch.no_grad():
+        x = model.model.embed_tokens(ids)
+        cos, sin = model.rope(ids.shape[1], "cpu")
+        st = efx.calibrate_block(model.model.layers[0], x, cos, sin, need_H=True)["q_proj"]
+    U = W + s * B @ A
+    keep = efx.select_mask(efx.wanda_score(U, st["h"]), 0.5)
+    damp = o.get("pbs_damp", 1e-6)
+    if variant == "none":
+        return keep * U
+    if variant == "obs+gram":
+        Wn, _ = efx.sparsegpt_prune(U, st["H"], 0.0, mask=keep)
+        dB = efx.gram_pbs_update(Wn, A, torch.zeros_like(B), keep, st["H"], s, pbs_damp=damp, target=U)
+        return Wn + keep * (s * dB @ A)
+    if variant == "gram":
+        return keep * (W + s * (B + efx.gram_pbs_update(W, A, B, keep, st["H"], s, pbs_damp=damp)) @ A)
+    dB = efx.pbs_update(W, A, B, keep, st["h"], s, o.get("pbs_kappa", 1.0), pbs_damp=damp)
+    return keep * (W + s * (B + dB) @ A)
+
+
+@pytest.mark.parametrize("variant, kw", [
+    ("none", {}),
+    ("obs+gram", dict(reconstruct="obs", pbs=True, pbs_variant="gram", pbs_damp=1e-3)),
+    ("gram", dict(pbs=True, pbs_variant="gram", pbs_damp=1e-3)),
+    ("paper", dict(pbs=True, pbs_variant="paper", pbs_kappa=0.5, pbs_damp=1e-3))])
+def test_s7b_driver_composes_each_compensation_from_the_pure_functions(make_model, variant, kw):
+    """A real call, block 0's q_proj: no compensation is the plain masked merge; E16 then E15
+    (target the pre-call map), E15 alone and E13 (kappa 0.5) each equal the pure functions
+    with the call's own pbs_damp and kappa (not their defaults)."""
+    model, ids = lora_model(make_model), calib(n=8)
+    want = _q0_expected(model, ids, variant, **kw)
+    efx.prune(model, ids, "wanda", 0.5, log=quiet, **kw)
+    close(model.model.layers[0].self_attn.q_proj.weight, want, dict(rtol=1e-4, atol=1e-5), variant)
+
+
+def test_s8_driver_damping_notes_seeded_adapters_and_score_average(make_model):
+    """Damping increases inside E16 and E15 reach the call's report; the fresh A after the
+    merge comes from the call's seed, not the global RNG; E7 uses the call's mask_lr."""
+    model = lora_model(make_model)
+    rep = efx.prune(model, calib(n=1, T=3), "wanda", 0.5, reconstruct="obs", pbs=True,
+                    pbs_variant="gram", percdamp=0.0, pbs_damp=0.0, log=quiet)
+    whats = {d["what"] for d in rep["damping_increased"]}
+    assert {"sparsegpt H", "gram pbs A_K H_KK A_K^T"} <= whats, whats
+    a, b = lora_model(make_model), lora_model(make_model)
+    torch.manual_seed(1)
+    efx.prune(a, calib(), "wanda", 0.5, seed=5, log=quiet)
+    torch.manual_seed(2)
+    efx.prune(b, calib(), "wanda", 0.5, seed=5, log=quiet)
+    qa, qb = (m.model.layers[1].mlp.down_proj.lora_A for m in (a, b))
+    assert torch.equal(qa, qb) and not qa.eq(0).all()
+    c = lora_model(make_model)
+    efx.prune(c, calib(), "wanda", 0.5, seed=6, log=quiet)
+    assert not torch.equal(c.model.layers[1].mlp.down_proj.lora_A, qa)
+    fresh, state, prev = {}, {}, {}
+    efx.prune(lora_model(make_model), calib(), "wanda", 0.5, score_state=fresh, log=quiet)
+    prev = {k: torch.full_like(v, 3.0) for k, v in fresh.items()}
+    state = dict(prev)
+    efx.prune(lora_model(make_model), calib(), "wanda", 0.5, score_state=state, average=True,
+              mask_lr=0.25, log=quiet)
+    for k in fresh:
+        close(state[k], 0.25 * fresh[k] + 0.75 * prev[k], dict(rtol=1e-6, atol=1e-7), k)
+    S, P = torch.rand(3, 4), torch.rand(3, 4)
+    assert torch.allclose(efx.average_score(S, P), 0.5 * S + 0.5 * P)        # default eta
+
+
+@pytest.mark.parametrize("r", [0, 1])
+def test_e14_pbs_with_rank_0_and_rank_1_adapters(make_model, r):
+    """PBS needs an adapter: r = 0 is the plain masked merge (and does not fail); r = 1 is
+    compensated like any rank."""
+    model, ids = make_model(), calib(n=8)
+    if r:
+        M.add_lora(model, r=1, alpha=2, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            for _, mod in M.lora_modules(model):
+                mod.lora_B.copy_(0.05 * torch.randn(mod.lora_B.shape))
+    plain = copy.deepcopy(model)
+    efx.prune(plain, ids, "wanda", 0.5, log=quiet)
+    for variant in ("paper", "gram"):
+        m = copy.deepcopy(model)
+        efx.prune(m, ids, "wanda", 0.5, pbs=True, pbs_variant=variant, log=quiet)
+        same = torch.equal(m.model.layers[0].self_attn.q_proj.weight,
+                           plain.model.layers[0].self_attn.q_proj.weight)
+        assert same == (r == 0), variant
+
+
+def test_e8_e10_refusals_name_what():
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\), got 1"):
+        efx.select_mask(torch.rand(4, 8), 1.0)
+    with pytest.raises(ValueError, match="scores has 6 columns, not divisible by M=4"):
+        efx.select_mask(torch.rand(4, 6), 0.5, nm=(2, 4))
+    Ws = {n: torch.rand(10, 8) for n in M.SEVEN_MAPS}     # q has 10 rows: not 4 heads of d_h
+    with pytest.raises(ValueError, match="q_proj has 10 rows"):
+        efx.foresight_score("k_proj", Ws, torch.rand(8), 4, 2, "code")

@@ -463,3 +463,5 @@ def test_s8_lr_factor_hand_values():
     assert f(55, 100, 10, "cosine") == pytest.approx(0.5) and f(55, 100, 10, "linear") == pytest.approx(0.5)
     assert f(40, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 3)))   # t = 30/90
     assert f(99, 100, 10, "linear") == pytest.approx(1 / 90) and f(100, 100, 10, "cosine") == pytest.approx(0)
+    assert f(11, 11, 10, "linear") == 0.0          # one decay step: t = 1 / (total - warmup)
+    assert train.prune_points(3, 5) == [5, 10]     # defaults: every epoch boundary, no step rule
