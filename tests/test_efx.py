@@ -981,3 +981,22 @@ def test_e8_e10_refusals_name_what():
     Ws = {n: torch.rand(10, 8) for n in M.SEVEN_MAPS}     # q has 10 rows: not 4 heads of d_h
     with pytest.raises(ValueError, match="q_proj has 10 rows"):
         efx.foresight_score("k_proj", Ws, torch.rand(8), 4, 2, "code")
+
+
+def test_e1_calibration_covers_every_window_and_runs_in_bf16(make_model):
+    """h sums over every calibration window, also when there are more windows than tokens in
+    one (12 windows of 4 tokens, batches of 5); a bf16 model with float32 adapters prunes."""
+    model = make_model()
+    block = model.model.layers[0]
+    xs = torch.randn(12, 4, 64, generator=torch.Generator().manual_seed(0))
+    cos, sin = model.rope(4, "cpu")
+    with torch.no_grad():
+        h = efx.calibrate_block(block, xs, cos, sin, batch_size=5)["q_proj"]["h"]
+        ref = block.input_layernorm(xs).square().sum((0, 1))
+    close(h, ref, dict(rtol=1e-5, atol=1e-6), "h over 12 windows")
+    bf = lora_model(make_model).to(torch.bfloat16)
+    for _, mod in M.lora_modules(bf):                 # adapters stay float32, as add_lora makes them
+        mod.lora_A.data, mod.lora_B.data = mod.lora_A.data.float(), mod.lora_B.data.float()
+    rep = efx.prune(bf, calib(), "wanda", 0.5, log=quiet)
+    q = bf.model.layers[0].self_attn.q_proj.weight
+    assert q.dtype == torch.bfloat16 and torch.isfinite(q.float()).all() and rep["overall_sparsity"] > 0.49

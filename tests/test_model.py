@@ -438,3 +438,17 @@ def test_s2_cuda_load_and_generate_match_cpu(tiny_ckpt):
     assert torch.allclose(lg, model(ids), atol=1e-4), _max_diff(lg, model(ids))
     greedy = gpu.generate(ids.cuda(), 8, eos_id=[]).cpu()
     assert torch.equal(greedy, model.generate(ids, 8, eos_id=[]))
+
+
+def test_e0_lora_linear_defaults_frozen_base_scale_and_dropout():
+    """A new LoRALinear is a frozen plain linear (weight and bias without gradients, r 0,
+    scale 0); set_lora(r, alpha) gives s = alpha / r for every r >= 1 and no dropout module
+    unless dropout > 0."""
+    lin = M.LoRALinear(4, 3, bias=True)
+    assert not lin.weight.requires_grad and not lin.bias.requires_grad
+    assert lin.r == 0 and lin.scaling == 0.0 and lin.lora_A is None
+    lin.set_lora(1, 2.0)
+    assert lin.scaling == 2.0 and isinstance(lin.lora_dropout, torch.nn.Identity)
+    lin.set_lora(4, 8.0, 0.1)
+    assert lin.scaling == 2.0 and isinstance(lin.lora_dropout, M.Dropout) and lin.lora_dropout.p == 0.1
+    assert lin.lora_A.requires_grad and lin.lora_B.requires_grad and not lin.weight.requires_grad
