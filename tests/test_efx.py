@@ -1000,3 +1000,43 @@ def test_e1_calibration_covers_every_window_and_runs_in_bf16(make_model):
     rep = efx.prune(bf, calib(), "wanda", 0.5, log=quiet)
     q = bf.model.layers[0].self_attn.q_proj.weight
     assert q.dtype == torch.bfloat16 and torch.isfinite(q.float()).all() and rep["overall_sparsity"] > 0.49
+
+
+def _neg_definite(_):
+    return -1e30 * torch.eye(3, dtype=torch.float64)
+
+
+CORE_REFUSALS = [   # (call, exception, the whole message): each check says what it refused
+    (lambda: efx.foresight_score("x_proj", {n: torch.rand(8, 8) for n in M.SEVEN_MAPS + ("x_proj",)},
+                                 torch.rand(8), 4, 2),
+     ValueError, r"foresight: unknown map 'x_proj'; expected one of \('q_proj', "),
+    (lambda: efx.foresight_score("k_proj", {n: torch.rand(10, 8) for n in M.SEVEN_MAPS}, torch.rand(8), 4, 2),
+     ValueError, r"q_proj has 10 rows: expected a multiple of n_heads=4, and n_heads divisible by n_kv_heads=2"),
+    (lambda: efx.foresight_score("q_proj", {n: torch.rand(8, 8) for n in M.SEVEN_MAPS}, torch.rand(8), 4, 2, "x"),
+     ValueError, r"foresight_variant must be 'paper' or 'code', got 'x'"),
+    (lambda: efx.average_score(torch.rand(3, 4), torch.rand(2, 3)),
+     ValueError, r"score_state: stored score \(2, 3\) != new \(3, 4\)"),
+    (lambda: efx.select_mask(torch.rand(4, 6), 0.5, nm=(2, 4)),
+     ValueError, r"nm=2:4: scores has 6 columns, not divisible by M=4"),
+    (lambda: efx.select_mask(torch.rand(4, 8), 0.5, per="col"), ValueError, r"per must be 'row' or 'layer', got 'col'"),
+    (lambda: efx.pbs_update(*pbs_problem(0)[:5], 2.0, variant="x"),
+     ValueError, r"pbs_variant must be 'paper' or 'code', got 'x'"),
+    (lambda: M.add_lora(M.Transformer(M.Config(**{**TINY_CFG})), 4, 8, targets=("x_proj",)),
+     ValueError, r"add_lora: targets \['x_proj'\] are not among \('q_proj', "),
+    (lambda: efx.chol(_neg_definite(0), 0.0, None, "K"), torch.linalg.LinAlgError,
+     r"K: not positive definite even with damping \d"),
+    (lambda: efx.sparsegpt_prune(torch.rand(4, 16), torch.eye(16), 0.5, mask=torch.ones(2, 4, dtype=torch.bool)),
+     ValueError, r"sparsegpt: mask \(2, 4\) != weight \(4, 16\)"),
+    (lambda: efx.sparsegpt_prune(torch.rand(4, 16), torch.eye(16), 0.0, nm=(2, 3)),
+     ValueError, r"sparsegpt: nm=2:3 needs 0 < N < M and M \| 16 columns"),
+    (lambda: efx.sparsegpt_prune(torch.rand(4, 16), torch.eye(16), 0.0, nm=(2, 4), blocksize=6),
+     ValueError, r"sparsegpt: blocksize 6 must be a multiple of M=4"),
+]
+TINY_CFG = dict(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
+
+
+@pytest.mark.parametrize("i", range(len(CORE_REFUSALS)))
+def test_s11_core_refusals_name_what(i):
+    call, exc, words = CORE_REFUSALS[i]
+    with pytest.raises(exc, match="^" + words):
+        call()

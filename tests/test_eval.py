@@ -2,6 +2,7 @@
 Transformer. Every expected number is derived by hand in the comments."""
 import json
 import math
+import re
 import shutil
 import sys
 import types
@@ -513,3 +514,15 @@ def test_s9_rouge_one_word_and_relative_performance_edges():
     r = ev.relative_performance({"Perplexity": 20.0}, {"Perplexity": 10.0})
     assert r["ratios"] == {"Perplexity": 0.5}
     assert math.isnan(ev.relative_performance({}, {"x/accuracy": 0.5})["percent_of_dense"])
+
+
+def test_s9_metric_refusals_and_ppl_progress_line():
+    """The refusals say what they refused; the perplexity progress line counts windows and
+    shows the running perplexity (the uniform model: exactly the vocabulary size)."""
+    with pytest.raises(ValueError, match=r"^eval\.macro_f1: 2 predictions, 3 labels$"):
+        ev.macro_f1([0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match=r"^eval\.perplexity: seqlen must be >= 2, got 1$"):
+        ev.perplexity_record(Uniform(37), list(range(30)), 1)
+    lines = []
+    ev.perplexity_record(Uniform(37), list(range(30)) * 2, 16, batch_size=2, log=lines.append)
+    assert re.fullmatch(r"\[eval\] ppl 3/3 \([\d.]+ (window/s|s/window), 0:00 elapsed\)  ppl 37\.000", lines[-1]), lines
