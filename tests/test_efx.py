@@ -931,6 +931,9 @@ def test_s8_driver_damping_notes_seeded_adapters_and_score_average(make_model):
                     pbs_variant="gram", percdamp=0.0, pbs_damp=0.0, log=quiet)
     whats = {d["what"] for d in rep["damping_increased"]}
     assert {"sparsegpt H", "gram pbs A_K H_KK A_K^T"} <= whats, whats
+    rep = efx.prune(lora_model(make_model), calib(n=1, T=3), "wanda", 0.5, pbs=True,   # E15 alone
+                    pbs_variant="gram", pbs_damp=0.0, log=quiet)
+    assert "gram pbs A_K H_KK A_K^T" in {d["what"] for d in rep["damping_increased"]}
     a, b = lora_model(make_model), lora_model(make_model)
     torch.manual_seed(1)
     efx.prune(a, calib(), "wanda", 0.5, seed=5, log=quiet)
@@ -1040,3 +1043,18 @@ def test_s11_core_refusals_name_what(i):
     call, exc, words = CORE_REFUSALS[i]
     with pytest.raises(exc, match="^" + words):
         call()
+
+
+def test_e11_chol_damping_schedule():
+    """obs.chol: a failed Cholesky restarts at 1e-8 (mean |diag K| + 1) when no damping was
+    given, then multiplies by 10, at most 8 tries; batched K use the diagonal of each matrix."""
+    info = {}
+    K = torch.stack([torch.diag(torch.tensor([1.0, -1e-7], dtype=torch.float64)),
+                     torch.diag(torch.tensor([3.0, 3.0], dtype=torch.float64))])
+    L, damp = efx.chol(K, 0.0, info, "K")
+    d1 = 1e-8 * ((1 + 1e-7 + 3 + 3) / 4 + 1)
+    assert [(n["from"], n["to"]) for n in info["damping_increased"]] == pytest.approx([(0.0, d1), (d1, 10 * d1)])
+    assert damp == pytest.approx(10 * d1) and L.shape == K.shape
+    K = torch.diag(torch.tensor([1.0] * 99 + [-0.1], dtype=torch.float64))   # needs damp > 0.1
+    with pytest.raises(torch.linalg.LinAlgError):      # the 8th try damps by 2e-8 x 10^6 = 0.02
+        efx.chol(K, 0.0, None, "K")

@@ -452,3 +452,14 @@ def test_e0_lora_linear_defaults_frozen_base_scale_and_dropout():
     lin.set_lora(4, 8.0, 0.1)
     assert lin.scaling == 2.0 and isinstance(lin.lora_dropout, M.Dropout) and lin.lora_dropout.p == 0.1
     assert lin.lora_A.requires_grad and lin.lora_B.requires_grad and not lin.weight.requires_grad
+    lin.weight.data, lin.bias.data = lin.weight.data.bfloat16(), lin.bias.data.bfloat16()
+    with torch.no_grad():
+        lin.lora_B.fill_(0.5)                          # float32 adapters on a bf16 base
+    assert lin.eval()(torch.randn(2, 4).bfloat16()).dtype == torch.bfloat16
+
+
+def test_s2_rope_starts_at_position_0_by_default(tiny):
+    model = M.Transformer(tiny())
+    cos, sin = model.rope(3, "cpu")
+    assert torch.equal(cos[0], torch.ones_like(cos[0])) and torch.equal(sin[0], torch.zeros_like(sin[0]))
+    assert torch.equal(model.rope(3, "cpu", 0)[0], cos)
