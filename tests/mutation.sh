@@ -3,7 +3,9 @@
 # project dependency). Copies the committed tree to $WORK, mutates the functions listed below
 # and runs, for each mutant, the tests that cover its function (pytest -x: the first failure
 # kills it). About an hour on 2 cores. Usage:
-#     bash tests/mutation.sh [WORK]        # default WORK=/tmp/efx-mutation
+#     bash tests/mutation.sh [WORK [MUTANT ...]]   # default WORK=/tmp/efx-mutation, all of FUNCS
+# Named mutants (e.g. the survivors of a first run) rerun only those, against the tests as
+# they are now. Score: python tests/mutation_report.py WORK/src [WORK2/src ...] (later runs win).
 # Then: $WORK/venv/bin/mutmut results (in $WORK/src) lists the survivors; `mutmut show NAME`
 # prints one.
 set -euo pipefail
@@ -61,6 +63,7 @@ FUNCS=(
   "eval.x_perplexity_record*" "eval.x_macro_f1*" "eval.x__ngrams*" "eval.x__f1*" "eval.x__lcs*"
   "eval.x_rouge*" "eval.x_relative_performance*"
 )
+[ $# -gt 1 ] && FUNCS=("${@:2}")
 time "$WORK/venv/bin/mutmut" run "${FUNCS[@]}" || true
 "$WORK/venv/bin/mutmut" results --all true > "$WORK/results.txt" 2>&1 || "$WORK/venv/bin/mutmut" results > "$WORK/results.txt" 2>&1
 echo "mutant statuses: $WORK/results.txt"

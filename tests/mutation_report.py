@@ -1,6 +1,6 @@
 """Mutation score per file and per function of the core, from mutmut's result files.
 
-    python tests/mutation_report.py /tmp/efx-mutation/src   # after tests/mutation.sh
+    python tests/mutation_report.py /tmp/efx-mutation/src [/tmp/rerun/src]   # after mutation.sh
 
 Reads mutants/<file>.meta (mutmut 3: exit code per mutant; 1 or 3 killed, 0 survived, 33/5
 no test covers it, 24/36/... timeout). Counts only the functions of the core listed in
@@ -13,21 +13,26 @@ import re
 import sys
 from pathlib import Path
 
-src = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/efx-mutation/src")
+srcs = [Path(p) for p in sys.argv[1:]] or [Path("/tmp/efx-mutation/src")]   # later runs win
 funcs = re.findall(r'"([^"]+\*)"', (Path(__file__).parent / "mutation.sh").read_text())
 STATUS = {0: "survived", 1: "killed", 3: "killed", 5: "no tests", 33: "no tests", None: "not checked"}
 equivalent = dict(line.split(" | ", 1) for line in
                   (Path(__file__).parent / "mutation_equivalent.txt").read_text().splitlines()
                   if line.strip() and not line.startswith("#"))
 rows, survivors = collections.defaultdict(collections.Counter), []
-for meta in sorted((src / "mutants").glob("*.py.meta")):
-    for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-        if any(fnmatch.fnmatch(name, f) for f in funcs):
-            status = STATUS.get(code, "timeout" if code in (24, -24, 36, 152, 255) else "other")
-            if status == "survived" and any(fnmatch.fnmatch(name, e) for e in equivalent):
-                status = "equivalent"
-            rows[meta.name.removesuffix(".meta")][status] += 1
-            survivors += [name] if status == "survived" else []
+codes = {}                                          # (file, mutant) -> exit code of its last check
+for src in srcs:
+    for meta in sorted((src / "mutants").glob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if code is not None or (meta.name, name) not in codes:
+                codes[meta.name, name] = code
+for (meta_name, name), code in codes.items():
+    if any(fnmatch.fnmatch(name, f) for f in funcs):
+        status = STATUS.get(code, "timeout" if code in (24, -24, 36, 152, 255) else "other")
+        if status == "survived" and any(fnmatch.fnmatch(name, e) for e in equivalent):
+            status = "equivalent"
+        rows[meta_name.removesuffix(".meta")][status] += 1
+        survivors += [name] if status == "survived" else []
 total = sum(rows.values(), collections.Counter())
 print(f"{'file':<10}{'mutants':>9}{'killed':>8}{'timeout':>9}{'equivalent':>12}{'survived':>10}"
       f"{'no tests':>10}{'unchecked':>11}{'score':>8}")
