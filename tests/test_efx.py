@@ -1058,3 +1058,8 @@ def test_e11_chol_damping_schedule():
     K = torch.diag(torch.tensor([1.0] * 99 + [-0.1], dtype=torch.float64))   # needs damp > 0.1
     with pytest.raises(torch.linalg.LinAlgError):      # the 8th try damps by 2e-8 x 10^6 = 0.02
         efx.chol(K, 0.0, None, "K")
+
+
+def test_e10_empty_nm_means_unstructured():
+    assert efx.PruneOptions(nm="").nm is None and efx.PruneOptions(nm=None).nm is None
+    assert efx.PruneOptions(nm=[2, 4]).nm == (2, 4)

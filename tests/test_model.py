@@ -463,3 +463,26 @@ def test_s2_rope_starts_at_position_0_by_default(tiny):
     cos, sin = model.rope(3, "cpu")
     assert torch.equal(cos[0], torch.ones_like(cos[0])) and torch.equal(sin[0], torch.zeros_like(sin[0]))
     assert torch.equal(model.rope(3, "cpu", 0)[0], cos)
+
+
+def test_s2_llama3_rope_scaling_matches_the_reference_loop(tiny):
+    """llama3 scaling against the Llama 3.1 reference loop, with low_freq_factor 2 (Llama 3.1
+    has 1, where old_ctx / lo and old_ctx * lo coincide) and boundaries inside the band."""
+    sc = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+    cfg = tiny(rope_scaling=sc)
+    base = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    want = []
+    for f in base.tolist():
+        wavelen, old = 2 * math.pi / f, 64
+        if wavelen < old / 4:
+            want.append(f)
+        elif wavelen > old / 2:
+            want.append(f / 8)
+        else:
+            smooth = (old / wavelen - 2) / (4 - 2)
+            want.append((1 - smooth) * f / 8 + smooth * f)
+    got = M.rope_inv_freq(cfg)
+    assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-6)
+    kinds = [(w == f, w == f / 8) for w, f in zip(want, base.tolist())]
+    assert (True, False) in kinds and (False, True) in kinds and (False, False) in kinds   # all 3 bands

@@ -465,3 +465,16 @@ def test_s8_lr_factor_hand_values():
     assert f(99, 100, 10, "linear") == pytest.approx(1 / 90) and f(100, 100, 10, "cosine") == pytest.approx(0)
     assert f(11, 11, 10, "linear") == 0.0          # one decay step: t = 1 / (total - warmup)
     assert train.prune_points(3, 5) == [5, 10]     # defaults: every epoch boundary, no step rule
+
+
+def test_s8_prune_options_carry_the_run_config():
+    """prune_options: compensation (PBS, E16) only when asked, the run's mask_lr, nm, per,
+    variant and offload, the call's seed."""
+    c = train.TrainConfig(pbs=True, pbs_variant="gram", reconstruct="obs", mask_lr=0.25, nm="2:4",
+                          per="layer", foresight_variant="paper", offload=True)
+    o = train.prune_options(c, "foresight", 0.4, compensate=True, average=True, seed=7)
+    assert (o.pbs, o.pbs_variant, o.reconstruct, o.mask_lr, o.nm, o.per, o.foresight_variant,
+            o.offload, o.average, o.seed, o.sparsity) == (True, "gram", "obs", 0.25, (2, 4), "layer",
+                                                           "paper", True, True, 7, 0.4)
+    o = train.prune_options(c, "wanda", 0.5)
+    assert (o.pbs, o.reconstruct, o.average, o.seed) == (False, "none", False, 0)
