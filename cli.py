@@ -175,6 +175,8 @@ class Progress:
                 self.shown, self.open = now, not end
         elif keep or last or now - self.shown >= self.every:
             self.log(self.line(i, note))
+            if self.log is print:
+                sys.stdout.flush()          # a log file sees the line now, not at exit
             self.shown = now
 
     def end(self):
