@@ -20,7 +20,6 @@ Run:  python data.py                      counts and sources of the built-in dom
 """
 import dataclasses
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 import assets
 import cli
-from files import DataError, fail, line_of, read_csv, read_json_text, read_jsonl  # noqa: F401 (DataError: data's API)
+from files import DataError, atomic_write_text, fail, line_of, read_csv, read_json_text, read_jsonl  # noqa: F401 (DataError: data's API)
 from model import IGNORE   # label of tokens that carry no loss (prompt, padding)
 
 
@@ -72,9 +71,7 @@ def save_jsonl_tasks(examples, path):
     """Write examples as a JSONL task file (validated first), atomically."""
     for i, ex in enumerate(examples, 1):
         validate_example(ex, "<examples>", i)
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text("".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text("".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples), path)
 
 
 def _mc(task, body, instruction, choices, label, id=None):

@@ -447,13 +447,14 @@ def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):
         W_new, keep = sparsegpt_prune(mod.augmented_weight(), st["H"], o.sparsity, o.nm,
                                       o.blocksize, o.percdamp, info)
     else:
-        W = mod.augmented_weight(None if o.lora_scale else 1.0)
+        # ForeSight's Ws already holds this map's W~ (replaced only once the map is pruned)
+        W = Ws[name] if Ws is not None else mod.augmented_weight(None if o.lora_scale else 1.0)
         if o.method == "magnitude":
             S = magnitude_score(W)                                      # E2
         elif o.method == "wanda":
             S = wanda_score(W, st["h"])                                 # E3
         else:
-            S = foresight_score(name, {**Ws, name: W}, st["h"], cfg.num_attention_heads,
+            S = foresight_score(name, Ws, st["h"], cfg.num_attention_heads,
                                 cfg.num_key_value_heads, o.foresight_variant)   # E5 / E6
         prev = score_state.get(full) if (score_state is not None and o.average) else None
         S = average_score(S, prev, o.mask_lr)                           # E7
@@ -462,7 +463,7 @@ def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):
         keep = select_mask(S, o.sparsity, o.nm, o.per)                  # E8 / E9 / E10
         gram = o.pbs and mod.r > 0 and o.pbs_variant == "gram"
         if o.reconstruct == "obs":                                      # E16 for this mask
-            U = mod.augmented_weight()
+            U = W if o.lora_scale else mod.augmented_weight()          # W + s B A
             W_new, _ = sparsegpt_prune(U, st["H"], 0.0, None, o.blocksize, o.percdamp, info,
                                        mask=keep)
             if gram:      # then E15 on what E16's column order left, through a fresh B

@@ -115,16 +115,17 @@ def open_safetensors(fn):
         raise ValueError(f"{fn}: not a valid safetensors file ({e})") from None
 
 
-def atomic_save(tensors: dict, fn: Path):
+def atomic_save(tensors: dict, fn, metadata=None):
     """save_file to a temporary file, then rename: a kill mid-write leaves the old file."""
-    tmp = fn.with_name(fn.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp = Path(fn).with_name(Path(fn).name + ".tmp")
+    save_file(tensors, str(tmp), metadata={**(metadata or {}), "format": "pt"})
     os.replace(tmp, fn)
 
 
-def atomic_write_text(text: str, fn: Path):
-    tmp = fn.with_name(fn.name + ".tmp")
-    tmp.write_text(text)
+def atomic_write_text(text: str, fn):
+    """UTF-8 text to a temporary file, then rename (as atomic_save)."""
+    tmp = Path(fn).with_name(Path(fn).name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, fn)
 
 
@@ -167,10 +168,8 @@ def save_checkpoint(fn, maps, opt, score_state, state):
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     tensors.update({f"score.{k}": v for k, v in score_state.items()})
     tensors["rng.cpu"] = torch.get_rng_state()
-    tmp = Path(str(fn) + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"state": json.dumps(state), "format": "pt"})
-    os.replace(tmp, fn)
+    atomic_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, fn,
+                {"state": json.dumps(state)})
 
 
 def load_checkpoint(fn, maps, opt, score_state) -> dict:

@@ -212,9 +212,8 @@ def run(cfg) -> dict:
                 job.prune_call("foresight", True, True, f"step{step}", keep_scores=step < max(points))
             job.train_step(epoch, step, batch)
         job.checkpoint(epoch)
-    if cfg.method == "efx":                 # final call: no E7; compensation if compensate_final
+    if cfg.method == "efx":                 # final call: no E7; its masked merge is the merge (E0)
         final = job.prune_call("foresight", cfg.compensate_final, False, "final")
-        M.merge_lora(job.model)
     else:                                   # baselines: merge, then prune once; dense: merge
         M.merge_lora(job.model)
         final = job.prune_call(cfg.method, False, False, "final") if cfg.method != "dense" else None

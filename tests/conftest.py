@@ -28,6 +28,11 @@ FAMILIES = {"llama": dict(model_type="llama"),
             "qwen3": dict(model_type="qwen3", head_dim=32, tie_word_embeddings=True)}
 
 
+def words(rng, k):
+    """k words of the conftest tokenizer (w0..w124 -> ids 3..127), drawn from random.Random rng."""
+    return " ".join(f"w{rng.randrange(125)}" for _ in range(k))
+
+
 def tiny_config(**overrides) -> "M.Config":
     return M.Config(**{**TINY, **overrides})
 

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import compare  # noqa: E402
+from conftest import words  # noqa: E402
 import eval as E  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
@@ -96,9 +97,6 @@ def test_s9_statistics_match_eval():
 
 # ----------------------------------------------------------------------------- the grid
 
-def _words(rng, k):
-    return " ".join(f"w{rng.randrange(125)}" for _ in range(k))
-
 
 @pytest.fixture
 def study(tmp_path, tiny_ckpt):
@@ -106,14 +104,14 @@ def study(tmp_path, tiny_ckpt):
     ckpt, _ = tiny_ckpt
     rng = random.Random(0)
     tr, te, ppl, calib, budget = (tmp_path / n for n in ("train.jsonl", "qa.jsonl", "ppl.txt", "calib.txt", "budget.json"))
-    tr.write_text("".join(json.dumps({"prompt": _words(rng, 6), "completion": " " + _words(rng, 4)}) + "\n"
+    tr.write_text("".join(json.dumps({"prompt": words(rng, 6), "completion": " " + words(rng, 4)}) + "\n"
                           for _ in range(8)))
-    te.write_text("".join(json.dumps({"prompt": _words(rng, 6), "completion": " w1", "choices": [" w1", " w2"],
-                                      "label": 0} if i % 2 else {"prompt": _words(rng, 6), "completion": " w2",
+    te.write_text("".join(json.dumps({"prompt": words(rng, 6), "completion": " w1", "choices": [" w1", " w2"],
+                                      "label": 0} if i % 2 else {"prompt": words(rng, 6), "completion": " w2",
                                                                   "choices": [" w1", " w2"], "label": 1}) + "\n"
                           for i in range(8)))
-    ppl.write_text(_words(rng, 200))
-    calib.write_text(_words(rng, 400))
+    ppl.write_text(words(rng, 200))
+    calib.write_text(words(rng, 400))
     budget.write_text(json.dumps(dict(model=str(ckpt), calib=str(calib), epochs=2, batch_size=4, max_train=0,
                                       nsamples=2, seqlen=16, max_len=32, device="cpu", log_every=100,
                                       prune_every_steps=0)))

@@ -976,16 +976,6 @@ def test_e14_pbs_with_rank_0_and_rank_1_adapters(make_model, r):
         assert same == (r == 0), variant
 
 
-def test_e8_e10_refusals_name_what():
-    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\), got 1"):
-        efx.select_mask(torch.rand(4, 8), 1.0)
-    with pytest.raises(ValueError, match="scores has 6 columns, not divisible by M=4"):
-        efx.select_mask(torch.rand(4, 6), 0.5, nm=(2, 4))
-    Ws = {n: torch.rand(10, 8) for n in M.SEVEN_MAPS}     # q has 10 rows: not 4 heads of d_h
-    with pytest.raises(ValueError, match="q_proj has 10 rows"):
-        efx.foresight_score("k_proj", Ws, torch.rand(8), 4, 2, "code")
-
-
 def test_e1_calibration_covers_every_window_and_runs_in_bf16(make_model):
     """h sums over every calibration window, also when there are more windows than tokens in
     one (12 windows of 4 tokens, batches of 5); a bf16 model with float32 adapters prunes."""
@@ -1022,6 +1012,7 @@ CORE_REFUSALS = [   # (call, exception, the whole message): each check says what
     (lambda: efx.select_mask(torch.rand(4, 6), 0.5, nm=(2, 4)),
      ValueError, r"nm=2:4: scores has 6 columns, not divisible by M=4"),
     (lambda: efx.select_mask(torch.rand(4, 8), 0.5, per="col"), ValueError, r"per must be 'row' or 'layer', got 'col'"),
+    (lambda: efx.select_mask(torch.rand(4, 8), 1.0), ValueError, r"sparsity must be in \[0, 1\), got 1\.0"),
     (lambda: efx.pbs_update(*pbs_problem(0)[:5], 2.0, variant="x"),
      ValueError, r"pbs_variant must be 'paper' or 'code', got 'x'"),
     (lambda: M.add_lora(M.Transformer(M.Config(**{**TINY_CFG})), 4, 8, targets=("x_proj",)),

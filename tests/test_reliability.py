@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from conftest import random_model, tiny_config, write_tokenizer  # noqa: E402
+from conftest import random_model, tiny_config, words, write_tokenizer  # noqa: E402
 import efx  # noqa: E402
 import files
 import model as M  # noqa: E402
@@ -51,10 +51,6 @@ KILL_DELAY_S = (0.0, 0.3)   # after the first checkpoint appears
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _words(rng, k):
-    """k words of the conftest tokenizer (w0..w124 -> ids 3..127)."""
-    return " ".join(f"w{rng.randrange(125)}" for _ in range(k))
 
 
 def _jsonl(path, rows):
@@ -147,16 +143,16 @@ def world(tmp_path_factory):
     w.badpqa = d / "ori_pqal.json"
     w.badpqa.write_text('{"123": {"QUESTION": 5}}')
     w.evil = _plant_code(Path(shutil.copytree(w.ck, d / "evil")), w.code_marker)
-    w.train = _jsonl(d / "train.jsonl", [{"prompt": _words(rng, 6), "completion": _words(rng, 4)}
+    w.train = _jsonl(d / "train.jsonl", [{"prompt": words(rng, 6), "completion": words(rng, 4)}
                                          for _ in range(8)])
-    w.tasks = _jsonl(d / "tasks.jsonl", [{"prompt": _words(rng, 5), "completion": " w1",
+    w.tasks = _jsonl(d / "tasks.jsonl", [{"prompt": words(rng, 5), "completion": " w1",
                                           "choices": [" w1", " w2"], "label": 0}] * 2)
     w.badline = d / "badline.jsonl"
     w.badline.write_text(w.train.read_text().splitlines()[0] + "\n{\"prompt\": \"w1\",\n")
     w.nofield = _jsonl(d / "nofield.jsonl", [{"prompt": "w1 w2"}])
     w.empty = _jsonl(d / "empty.jsonl", [])
     w.calib = d / "calib.txt"
-    w.calib.write_text(_words(rng, 400))
+    w.calib.write_text(words(rng, 400))
     w.empty_calib = d / "empty_calib.txt"
     w.empty_calib.write_text("")
     w.corrupt_out = d / "corrupt_out"
@@ -502,9 +498,9 @@ def test_s11_long_examples_cut_and_counted_in_results(tmp_path, world, capsys):
     """Examples longer than max_len are cut (prompt from the left, completion at the right),
     counted in results.json["truncation"] and reported in the log."""
     rng = random.Random(1)
-    rows = ([{"prompt": _words(rng, 40), "completion": _words(rng, 3)}] * 2         # prompt cut
-            + [{"prompt": _words(rng, 3), "completion": _words(rng, 40)}] * 2       # completion cut
-            + [{"prompt": _words(rng, 6), "completion": _words(rng, 4)}] * 4)
+    rows = ([{"prompt": words(rng, 40), "completion": words(rng, 3)}] * 2         # prompt cut
+            + [{"prompt": words(rng, 3), "completion": words(rng, 40)}] * 2       # completion cut
+            + [{"prompt": words(rng, 6), "completion": words(rng, 4)}] * 4)
     out = tmp_path / "out"
     train.run(dict(model=str(world.ck), train=str(_jsonl(tmp_path / "long.jsonl", rows)),
                    calib=str(world.calib), method="dense", epochs=1, batch_size=4, max_train=0,

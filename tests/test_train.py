@@ -28,16 +28,13 @@ import efx  # noqa: E402
 import files  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
+from conftest import words  # noqa: E402
 
 STEPS_PER_EPOCH = 2           # 8 examples / batch 4
 DDP_ATOL = 1e-5               # float32: 2-rank all-reduce vs one batch of 4 (summation order)
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-def _words(rng, k):
-    """k words of the conftest tokenizer (w0..w124 -> ids 3..127)."""
-    return " ".join(f"w{rng.randrange(125)}" for _ in range(k))
 
 
 @pytest.fixture
@@ -46,10 +43,10 @@ def base(tmp_path, tiny_ckpt):
     ckpt, _ = tiny_ckpt
     rng = random.Random(0)
     train_file = tmp_path / "train.jsonl"
-    rows = [{"prompt": _words(rng, 6), "completion": _words(rng, 4)} for _ in range(8)]
+    rows = [{"prompt": words(rng, 6), "completion": words(rng, 4)} for _ in range(8)]
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     calib = tmp_path / "calib.txt"
-    calib.write_text(_words(rng, 400))
+    calib.write_text(words(rng, 400))
     common = dict(model=str(ckpt), train=str(train_file), calib=str(calib), epochs=2, batch_size=4,
                   max_train=0, nsamples=2, seqlen=16, max_len=32, eval=False, device="cpu",
                   log_every=100, sparsity=0.5, prune_every_steps=0)
@@ -413,7 +410,7 @@ def test_s8_own_train_and_test_files_print_the_table(base, tmp_path, capsys):
     that avoids each, and that option does avoid it."""
     rng = random.Random(1)
     test_file = tmp_path / "mytask.jsonl"
-    test_file.write_text("".join(json.dumps({"prompt": _words(rng, 5), "completion": [" w1", " w2"][i % 2],
+    test_file.write_text("".join(json.dumps({"prompt": words(rng, 5), "completion": [" w1", " w2"][i % 2],
                                              "choices": [" w1", " w2"], "label": i % 2}) + "\n" for i in range(6)))
     res = train.run(base("own", epochs=1, max_train=4, max_len=8, eval=True, eval_max=4, test=[str(test_file)]))
     out = capsys.readouterr().out
