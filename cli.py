@@ -17,6 +17,7 @@ import re
 import resource
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -54,8 +55,8 @@ def parser(cls, description, presets=None, **extra) -> argparse.ArgumentParser:
             shown = f"{presets['default'][f.name]} in the default preset, {shown} without"
         kind = type(default)
         kw = dict(type=_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
-        if kind is list:                  # list fields: one or more values of the default's type
-            kw = dict(type=type(default[0]) if default else str, nargs="+")
+        if kind is list:                  # list fields: one or more values of list[T]'s or the default's type
+            kw = dict(type=(typing.get_args(f.type) or [type(default[0]) if default else str])[0], nargs="+")
         ap.add_argument(f"--{f.name}", default=None, metavar=kw["type"].__name__.upper(),
                         help=f"{helps.get(f.name, '')} (default: {shown})".replace("%", "%%"), **kw)
     return ap

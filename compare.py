@@ -124,8 +124,11 @@ class CompareConfig:
     test_frac: float = 0.2       # share of each built-in task held out for test (one split for every run)
     sparsity: list = dataclasses.field(default_factory=lambda: [0.5])   # pruned fractions
     methods: list = dataclasses.field(default_factory=lambda: list(METHODS))  # rows (METHODS); dense_lora always runs
+    curve: list[float] = dataclasses.field(default_factory=list)   # more sparsities for the figure: perplexity only
+    curve_methods: list = dataclasses.field(default_factory=lambda: ["wanda_lora", "sparsegpt_lora", "efx"])  # their rows
     seeds: list = dataclasses.field(default_factory=lambda: [0, 1, 2])   # train.py seeds, one run each
-    train_config: str = ""       # JSON of train.py fields: the budget shared by every run
+    preset: str = "study"        # train.py preset every run starts from (train.PRESETS)
+    train_config: str = ""       # JSON of train.py fields over the preset: the budget shared by every run
     model: str = ""              # HF-layout model directory ("" = the built-in SmolLM2)
     out: str = "runs/compare"    # folder: runs/ (cache), models/ (dense), results.json, results.md
     overwrite: bool = False      # replace cached runs made with another configuration
@@ -141,11 +144,14 @@ class CompareConfig:
             raise ValueError(f"domain={self.domain!r}, expected one of ('med', 'legal') or --train FILE")
         if self.train and not (self.tasks or self.ppl_file):
             raise ValueError("--train needs something to test on: --tasks FILE.jsonl and / or --ppl_file")
-        if not all(0 <= s < 1 for s in self.sparsity):
-            raise ValueError(f"sparsity values must be in [0, 1), got {self.sparsity}")
-        if set(self.methods) - set(METHODS):
-            raise ValueError(f"methods: unknown {sorted(set(self.methods) - set(METHODS))}, "
-                             f"expected some of {list(METHODS)}")
+        if not all(0 <= s < 1 for s in self.sparsity + self.curve) or set(self.sparsity) & set(self.curve):
+            raise ValueError(f"sparsity and curve values must be in [0, 1) and distinct, got {self.sparsity}, {self.curve}")
+        for field in ("methods", "curve_methods"):
+            if set(getattr(self, field)) - set(METHODS):
+                raise ValueError(f"{field}: unknown {sorted(set(getattr(self, field)) - set(METHODS))}, "
+                                 f"expected some of {list(METHODS)}")
+        if self.preset not in train.PRESETS:
+            raise ValueError(f"preset={self.preset!r}, expected one of {sorted(train.PRESETS)}")
         if not self.seeds or len(set(self.seeds)) < len(self.seeds) or not 0 < self.test_frac < 1:
             raise ValueError(f"need distinct seeds and test_frac in (0, 1), got {self.seeds}, {self.test_frac}")
         if self.seqlen < 2 or min(self.max_examples, self.ppl_max_windows) < 0 or self.n_boot < 1:
@@ -164,14 +170,14 @@ NOT_RUN = ("out", "overwrite", "resume", "log_every", "eval", "eval_max", "eval_
 
 
 def budget(c):
-    """The train.py fields every run shares: --train_config over its preset's values."""
-    tc = json.loads(Path(c.train_config).read_text()) if c.train_config else {}
+    """The train.py fields every run shares: --train_config over the preset's values."""
+    tc = {"preset": c.preset, **(json.loads(Path(c.train_config).read_text()) if c.train_config else {})}
     if set(tc) & set(SET_HERE):
         raise ValueError(f"train_config {c.train_config}: {sorted(set(tc) & set(SET_HERE))} are set by "
                          "compare.py per run (--methods, --sparsity, --seeds, --domain / --train, --out)")
     if c.model:                         # a flag wins over a file (cli.py's precedence)
         tc["model"] = c.model
-    return {**train.PRESETS.get(tc.get("preset", "default"), {}), **tc}   # an unknown preset: TrainConfig says so
+    return {**train.PRESETS.get(tc["preset"], {}), **tc}   # an unknown preset: TrainConfig says so
 
 
 def study_data(c):
@@ -198,30 +204,32 @@ def _flat(d, prefix=""):
 
 
 def plan(c, base, split, tasks, evaluation):
-    """The runs, seed by seed, dense first (the baselines of its seed prune its model); each
-    with its train.TrainConfig and the identity its fingerprint hashes: the config (seed,
-    sparsity and the method's fields included; not where it writes), the training data, the
-    calibration text, the evaluation settings, test items and perplexity text."""
+    """The runs, seed by seed, dense first (the baselines of its seed prune its model), then
+    each curve sparsity's runs (perplexity only) seed by seed; each with its train.TrainConfig and the
+    identity its fingerprint hashes: the config (seed, sparsity and the method's fields
+    included; not where it writes), the training data, the calibration text, the evaluation
+    settings, test items and perplexity text."""
     out, runs, train_file = Path(c.out), [], split / "train.jsonl"
     fixed = {"overwrite": True, "eval": False, "train": str(train_file),   # evaluation: here, alike
              "test": [str(split / "test" / f"{t}.jsonl") for t in tasks]}
     calib = _digest(Path(base["calib"]).read_text()) if base.get("calib") else "general_corpus"
     sources = {"train": _digest(train_file.read_text()), "calib": calib}
-    grid = [("dense_lora", 0.0)] + [(m, s) for s in c.sparsity for m in c.methods if m != "dense_lora"]
-    for seed in c.seeds:
-        for method, s in grid:
-            name = f"{method}-s{seed}" if method == "dense_lora" else f"{method}-{100 * s:g}-s{seed}"
-            where = out / "models" / f"dense-s{seed}" if method == "dense_lora" else out / "work" / name
-            cfg = cli.make(train.TrainConfig, {**base, **METHODS[method], **fixed, "sparsity": s, "seed": seed,
-                                               "out": str(where)})
-            reuse = method in BASELINES and cfg.baseline_order == "after"
-            ident = {"run": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN},
-                     "data": sources, "row": method, "reuse_dense": reuse, "eval": evaluation}
-            ident["run"]["train"] = "data.train"            # the file's content, not its path
-            runs.append(dict(name=name, method=method, sparsity=s, seed=seed, cfg=cfg, reuse=reuse,
-                             identity=ident, fingerprint=_digest(ident), path=out / "runs" / f"{name}.json",
-                             dense=out / "models" / f"dense-s{seed}" / "model",
-                             twin=_digest({k: v for k, v in ident.items() if k != "row"})))
+    grid = [("dense_lora", 0.0, True)] + [(m, s, True) for s in c.sparsity for m in c.methods if m != "dense_lora"]
+    curve = [[(m, s, False) for m in c.curve_methods if m != "dense_lora"] for s in c.curve]
+    for seed, (method, s, full) in [(seed, g) for part in [grid] + curve for seed in c.seeds for g in part]:
+        name = f"{method}-s{seed}" if method == "dense_lora" else f"{method}-{100 * s:g}-s{seed}"
+        where = out / "models" / f"dense-s{seed}" if method == "dense_lora" else out / "work" / name
+        cfg = cli.make(train.TrainConfig, {**base, **METHODS[method], **fixed, "sparsity": s, "seed": seed,
+                                           "out": str(where)})
+        reuse = method in BASELINES and cfg.baseline_order == "after"
+        ident = {"run": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN},
+                 "data": sources, "row": method, "reuse_dense": reuse,
+                 "eval": evaluation if full else {**evaluation, "tests": "none"}}
+        ident["run"]["train"] = "data.train"            # the file's content, not its path
+        runs.append(dict(name=name, method=method, sparsity=s, seed=seed, cfg=cfg, reuse=reuse, full=full,
+                         identity=ident, fingerprint=_digest(ident), path=out / "runs" / f"{name}.json",
+                         dense=out / "models" / f"dense-s{seed}" / "model",
+                         twin=_digest({k: v for k, v in ident.items() if k != "row"})))
     return runs
 
 
@@ -266,7 +274,7 @@ def execute(r, tests, ppl_text, corpus, c, log):
         trained = train.run(r["cfg"])
         model, tok = trained.pop("model"), trained.pop("tokenizer")
     t_eval = time.time()
-    e = E.evaluate(model, tok, tests, ppl_text, seqlen=c.seqlen, ppl_max_windows=c.ppl_max_windows or None,
+    e = E.evaluate(model, tok, tests if r["full"] else {}, ppl_text, seqlen=c.seqlen, ppl_max_windows=c.ppl_max_windows or None,
                    ppl_corpus=corpus, log=log, name=r["name"])
     ppl = dict(e["ppl"] or {})
     keep = ("task", "index", "prediction", "label", "correct", "rouge")
@@ -349,10 +357,10 @@ def aggregate(c, runs, done):
     means = lambda row: {k: m["mean"] for k, m in row["metrics"].items()}
     dense = next(r for r in rows if r["method"] == "dense_lora")
     best = {}
-    for row in rows:
+    for row in rows:                        # a curve row (perplexity only) has no % of dense
         row["rel_detail"] = E.relative_performance(means(row), means(dense))
-        row["rel"] = row["rel_detail"]["percent_of_dense"]
-    for s in c.sparsity:
+        row["rel"] = row["rel_detail"]["percent_of_dense"] if row["metrics"].keys() == dense["metrics"].keys() else None
+    for s in c.sparsity + c.curve:
         bl = [r for r in rows if r["sparsity"] == s and r["method"] in BASELINES and "ppl" in r["metrics"]]
         if not bl:
             continue
@@ -379,15 +387,17 @@ def markdown(rows, best, c):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vs = r.get("vs_best", {})
-        cells = [r["method"], f"{r['sparsity']:.0%}"] + [_ci(r["metrics"][k], ".2f" if k == "ppl" else ".3f") for k in keys]
-        cells += [f"{r['rel']:.1f}", f"{r['zeros']:.1f}"]
+        cells = [r["method"], f"{r['sparsity']:.0%}"] + [_ci(r["metrics"][k], ".2f" if k == "ppl" else ".3f")
+                                                         if k in r["metrics"] else "-" for k in keys]
+        cells += ["-" if r["rel"] is None else f"{r['rel']:.1f}", f"{r['zeros']:.1f}"]
         cells += [f"{_ci({'mean': vs[k]['diff'], **vs[k]}, '+.2f' if k == 'ppl' else '+.3f')} flip {vs[k]['flip']:.2f}"
                   if k in vs else "-" for k in diffs]
         lines.append("| " + " | ".join(cells + [f"{r['wall_s']:.0f}"]) + " |")
     seeds = ", ".join(map(str, c.seeds))
     notes = [f"Seed mean over seeds {seeds}; [2.5 %, 97.5 %] of {c.n_boot} hierarchical bootstrap resamples "
              "(seeds with replacement, then test items / perplexity windows within each seed).",
-             "% of dense: SPEC 9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed means.",
+             "% of dense: SPEC 9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed means"
+             + (f"; the curve's rows ({', '.join(f'{s:.0%}' for s in c.curve)}) measure perplexity only." if c.curve else "."),
              "Δ: method − best baseline at the same sparsity (" + ", ".join(f"{s:.0%}: {m}" for s, m in best.items())
              + "), on the same resamples (paired); flip: share of resamples whose Δ lacks the sign of the estimate.",
              "wall s: per run; the baselines prune the dense LoRA model of their seed (its training not counted)."]

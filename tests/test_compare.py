@@ -233,6 +233,25 @@ def test_s9_study_runs_an_equal_config_once(study, monkeypatch):
     assert rows["efx"]["metrics"] == rows["efx_e16"]["metrics"]
 
 
+def test_s9_study_curve_rows_measure_perplexity_only(study, monkeypatch):
+    """--curve: more sparsities for the figure, run after every seed's main rows, with the
+    curve's methods only and without the test tasks (no items, no % of dense); the paired
+    perplexity difference against that sparsity's best baseline is still computed."""
+    calls = _count(monkeypatch)
+    res = compare.study(study("c", methods=["wanda_lora"], curve=[0.3], curve_methods=["wanda_lora", "efx_none"]),
+                        log=lambda *_: None)
+    assert calls == [("train", "dense", 0), ("prune", "wanda", 0), ("train", "dense", 1), ("prune", "wanda", 1),
+                     ("prune", "wanda", 0), ("train", "efx", 0), ("prune", "wanda", 1), ("train", "efx", 1)]
+    run = json.loads((Path(study("c").out) / "runs/efx_none-30-s1.json").read_text())
+    assert run["items"] == [] and set(run["metrics"]) == {"ppl"} and len(run["window_nll"]) == 6
+    assert run["zeros"] == pytest.approx(0.3, abs=0.01) and run["identity"]["eval"]["tests"] == "none"
+    rows = {r["name"]: r for r in res["rows"]}
+    assert rows["wanda_lora @50%"]["rel"] is not None and rows["efx_none @30%"]["rel"] is None
+    assert set(rows["efx_none @30%"]["vs_best"]) == {"ppl"} and res["best_baseline"] == {0.5: "wanda_lora", 0.3: "wanda_lora"}
+    line = next(x for x in res["table"].splitlines() if x.startswith("| efx_none | 30%"))
+    assert line.split(" | ")[3:5] == ["-", "-"]             # qa/accuracy and qa/macro_f1
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_s9_baseline_reuse_equals_train_run_after(study, tmp_path, method):
     """SPEC 8 baseline_order "after": pruning the saved dense LoRA model of seed 1 gives the
