@@ -278,3 +278,19 @@ def test_s9_figure_skipped_without_matplotlib(monkeypatch, tmp_path):
     logs = []
     assert compare.figure([], tmp_path / "f.png", logs.append) is None
     assert logs == ["[compare] matplotlib is not installed: no f.png (pip install matplotlib)"]
+
+
+def test_s9_figure_draws_every_method(tmp_path, monkeypatch):
+    """With matplotlib installed: one PNG, one line per method (dense LoRA as the dashed line)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    ppl = lambda m: {"ppl": {"mean": m, "lo": m - 1, "hi": m + 1}}
+    rows = [{"method": "dense_lora", "sparsity": 0.0, "metrics": ppl(16)}] + \
+        [{"method": m, "sparsity": s, "metrics": ppl(16 + 60 * s + k)}
+         for k, m in enumerate(["wanda_lora", "efx"]) for s in (0.3, 0.5)]
+    labels, real = [], plt.Figure.savefig
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **kw: (
+        labels.extend(fig.axes[0].get_legend_handles_labels()[1]), real(fig, *a, **kw)))
+    path = compare.figure(rows, tmp_path / "f.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert labels == ["dense_lora", "wanda_lora", "efx"]
