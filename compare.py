@@ -10,7 +10,9 @@ intervals and paired comparisons:
 A grid of methods x sparsities x seeds (train.py's seed: data order, LoRA init, calibration
 windows). Dense LoRA always runs: it is the 100 % of "% of dense", and wanda_lora /
 sparsegpt_lora with baseline_order "after" (the paper: dense LoRA -> merge -> prune once)
-prune that seed's saved dense model (models/dense-s<seed>/model) instead of training again.
+prune that seed's saved dense model (models/dense-s<seed>/model) instead of training again,
+as do the schedule's ablations foresight_after / efx_after (one ForeSight call there).
+--curve adds sparsities for the figure, with --curve_methods and perplexity only.
 A row whose train config equals another's (efx and efx_e16 under the project's defaults)
 reuses that run. Every run is evaluated here, the same way, on one test split for every seed
 and method (written to data/), and cached as runs/<run>.json with a fingerprint of all that
@@ -39,7 +41,9 @@ import model as M
 import train
 
 # Method -> the train.py config fields that select it. "efx" is the project's default;
-# "efx_published" the authors' method (E6, PBS E14 before the merge, SPEC 7 note).
+# "efx_published" the authors' method (E6, PBS E14 before the merge, SPEC 7 note). The
+# "_after" rows are ablations of the schedule: one ForeSight call on the dense LoRA model
+# (E6 alone; E6 + E16), the baselines' "after" order, no pruning during training.
 METHODS = {"dense_lora": {"method": "dense"},
            "wanda_lora": {"method": "wanda"},
            "sparsegpt_lora": {"method": "sparsegpt"},
@@ -48,8 +52,11 @@ METHODS = {"dense_lora": {"method": "dense"},
                              "reconstruct": "none", "compensate_final": False},
            "efx_none": {"method": "efx", "pbs": False, "reconstruct": "none"},
            "efx_e15": {"method": "efx", "pbs": True, "pbs_variant": "gram", "reconstruct": "none"},
-           "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
+           "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"},
+           "foresight_after": {"method": "efx", "pbs": False, "reconstruct": "none"},
+           "efx_after": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
 BASELINES = ("wanda_lora", "sparsegpt_lora")     # "best baseline": the lower mean perplexity
+AFTER = BASELINES + ("foresight_after", "efx_after")    # rows that prune the dense LoRA model
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -221,7 +228,7 @@ def plan(c, base, split, tasks, evaluation):
         where = out / "models" / f"dense-s{seed}" if method == "dense_lora" else out / "work" / name
         cfg = cli.make(train.TrainConfig, {**base, **METHODS[method], **fixed, "sparsity": s, "seed": seed,
                                            "out": str(where)})
-        reuse = method in BASELINES and cfg.baseline_order == "after"
+        reuse = method in AFTER and (cfg.baseline_order == "after" or method not in BASELINES)
         ident = {"run": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN},
                  "data": sources, "row": method, "reuse_dense": reuse,
                  "eval": evaluation if full else {**evaluation, "tests": "none"}}
@@ -257,10 +264,12 @@ def cached_runs(runs, overwrite, log):
 def prune_dense(cfg, dense_dir):
     """wanda / sparsegpt with baseline_order "after" from the saved dense LoRA model of the same
     seed: train.run's final call (train.Job builds the same PruneOptions and the calibration
-    windows of cfg.seed; prune_call seeds the call), without training again."""
+    windows of cfg.seed; prune_call seeds the call), without training again. method efx: one
+    ForeSight call there instead, with the run's compensation (the "_after" rows)."""
     job = train.Job(cfg)
     job.model = M.load_model(dense_dir, job.device, job.dtype)
-    report = job.prune_call(cfg.method, False, False, "final")
+    efx = cfg.method == "efx"
+    report = job.prune_call("foresight" if efx else cfg.method, efx, False, "final")
     report.pop("maps")
     return job.model, job.tok, {"prune_calls": [report], "config": dataclasses.asdict(cfg)}
 

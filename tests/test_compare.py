@@ -252,6 +252,22 @@ def test_s9_study_curve_rows_measure_perplexity_only(study, monkeypatch):
     assert line.split(" | ")[3:5] == ["-", "-"]             # qa/accuracy and qa/macro_f1
 
 
+def test_s9_after_rows_prune_the_dense_model_once_with_foresight(study, monkeypatch):
+    """foresight_after / efx_after: one ForeSight call (E6; E6 + E16) on the seed's dense LoRA
+    model, no training of their own; different compensation, different weights."""
+    calls = _count(monkeypatch)
+    res = compare.study(study("f", methods=["foresight_after", "efx_after"], seeds=[0]), log=lambda *_: None)
+    assert calls == [("train", "dense", 0), ("prune", "efx", 0), ("prune", "efx", 0)]
+    runs = {m: json.loads((Path(study("f").out) / f"runs/{m}-50-s0.json").read_text())
+            for m in ("foresight_after", "efx_after")}
+    for m, how in (("foresight_after", "none"), ("efx_after", "obs")):
+        (call,) = runs[m]["train"]["prune_calls"]
+        assert (call["method"], call["reconstruct"], call["pbs"]) == ("foresight", how, False)
+        assert runs[m]["zeros"] == pytest.approx(0.5, abs=0.01) and runs[m]["identity"]["reuse_dense"]
+    assert runs["foresight_after"]["window_nll"] != runs["efx_after"]["window_nll"]
+    assert {r["method"] for r in res["rows"]} == {"dense_lora", "foresight_after", "efx_after"}
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_s9_baseline_reuse_equals_train_run_after(study, tmp_path, method):
     """SPEC 8 baseline_order "after": pruning the saved dense LoRA model of seed 1 gives the
