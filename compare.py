@@ -57,6 +57,14 @@ METHODS = {"dense_lora": {"method": "dense"},
            "efx_after": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
 BASELINES = ("wanda_lora", "sparsegpt_lora")     # "best baseline": the lower mean perplexity
 AFTER = BASELINES + ("foresight_after", "efx_after")    # rows that prune the dense LoRA model
+# What one part of the method changes: (row, the row without that part, the part), paired.
+CONTRASTS = [("efx_published", "efx_none", "PBS as published (E14, before the masked merge)"),
+             ("efx_e15", "efx_none", "Gram PBS (E15)"),
+             ("efx_e16", "efx_none", "OBS reconstruction (E16)"),
+             ("efx_none", "foresight_after", "pruning during training (E7 average), no compensation"),
+             ("efx", "efx_after", "pruning during training, with E16"),
+             ("foresight_after", "wanda_lora", "ForeSight's mask (E6) against Wanda's, one call after training"),
+             ("efx_after", "sparsegpt_lora", "ForeSight's mask against SparseGPT's, both with the OBS update")]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -333,11 +341,11 @@ def study(c, log=print):
         n += 1
         bar.update(n, f"{r['name']} finished in {rec['wall_s']:.0f}s", keep=True)
     log(f"[compare] statistics: {c.n_boot} hierarchical bootstrap resamples per interval")
-    rows, best = aggregate(c, runs, done)
-    table = markdown(rows, best, c)
+    rows, best, contrasts = aggregate(c, runs, done)
+    table = markdown(rows, best, c) + contrast_table(contrasts)
     results = {"config": dataclasses.asdict(c), "budget": base, "evaluation": evaluation,
                "test_items": {k: len(v) for k, v in tests.items()}, "train_examples": len(examples),
-               "best_baseline": best, "rows": rows, "runs": [f"runs/{r['path'].name}" for r in runs]}
+               "best_baseline": best, "rows": rows, "contrasts": contrasts, "runs": [f"runs/{r['path'].name}" for r in runs]}
     E.write(out, results, table)
     figure(rows, out / "ppl_vs_sparsity.png", log)
     return {**results, "table": table}
@@ -347,7 +355,8 @@ def study(c, log=print):
 def aggregate(c, runs, done):
     """One row per (method, sparsity): per metric the seed mean and its 95 % interval, % of
     dense (SPEC 9, from the seed means), and against the best baseline at that sparsity the
-    paired difference of ppl and of every accuracy. Returns (rows, {sparsity: best})."""
+    paired difference of ppl and of every accuracy; the CONTRASTS whose two rows ran.
+    Returns (rows, {sparsity: best}, contrasts)."""
     groups = {}
     for r in runs:
         groups.setdefault((r["method"], r["sparsity"]), []).append(done[r["name"]])
@@ -376,11 +385,19 @@ def aggregate(c, runs, done):
         b = min(bl, key=lambda r: r["metrics"]["ppl"]["mean"])
         best[s] = b["method"]
         for row in (r for r in rows if r["sparsity"] == s and r is not b):
-            row["vs_best"] = {k: paired([metric_items(done[n], k)[0] for n in row["runs"]],
-                                        [metric_items(done[n], k)[0] for n in b["runs"]],
-                                        metric_items(done[row["runs"][0]], k)[1], **boot)
-                              for k in row["metrics"] if k == "ppl" or k.endswith("/accuracy")}
-    return rows, best
+            row["vs_best"] = versus(row, b, done, boot)
+    at = {(r["method"], r["sparsity"]): r for r in rows}
+    contrasts = [{"row": a, "without": b, "part": part, "sparsity": s, "diff": versus(at[a, s], at[b, s], done, boot)}
+                 for s in c.sparsity + c.curve for a, b, part in CONTRASTS if (a, s) in at and (b, s) in at]
+    return rows, best, contrasts
+
+
+def versus(row, other, done, boot):
+    """Paired differences row - other of ppl and of every accuracy (the same seeds and items)."""
+    return {k: paired([metric_items(done[n], k)[0] for n in row["runs"]],
+                      [metric_items(done[n], k)[0] for n in other["runs"]],
+                      metric_items(done[row["runs"][0]], k)[1], **boot)
+            for k in row["metrics"] if (k == "ppl" or k.endswith("/accuracy")) and k in other["metrics"]}
 
 
 def _ci(m, f):
@@ -411,6 +428,21 @@ def markdown(rows, best, c):
              + "), on the same resamples (paired); flip: share of resamples whose Δ lacks the sign of the estimate.",
              "wall s: per run; the baselines prune the dense LoRA model of their seed (its training not counted)."]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def contrast_table(contrasts):
+    """What each part changes: the paired differences of CONTRASTS, one line each."""
+    if not contrasts:
+        return ""
+    keys = list(dict.fromkeys(k for x in contrasts for k in x["diff"]))
+    lines = ["", "| part (row − row without it) | sparsity | " + " | ".join(f"Δ {k}" for k in keys) + " |",
+             "|" + "---|" * (len(keys) + 2)]
+    for x in contrasts:
+        d = x["diff"]
+        cells = [f"{_ci({'mean': d[k]['diff'], **d[k]}, '+.2f' if k == 'ppl' else '+.3f')} flip {d[k]['flip']:.2f}"
+                 if k in d else "-" for k in keys]
+        lines.append(f"| {x['part']} ({x['row']} − {x['without']}) | {x['sparsity']:.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def figure(rows, path, log=print):

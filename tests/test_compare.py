@@ -254,18 +254,25 @@ def test_s9_study_curve_rows_measure_perplexity_only(study, monkeypatch):
 
 def test_s9_after_rows_prune_the_dense_model_once_with_foresight(study, monkeypatch):
     """foresight_after / efx_after: one ForeSight call (E6; E6 + E16) on the seed's dense LoRA
-    model, no training of their own; different compensation, different weights."""
+    model, no training of their own; different compensation, different weights. The contrasts
+    whose two rows ran are paired differences (one seed: the difference of the two runs)."""
     calls = _count(monkeypatch)
-    res = compare.study(study("f", methods=["foresight_after", "efx_after"], seeds=[0]), log=lambda *_: None)
-    assert calls == [("train", "dense", 0), ("prune", "efx", 0), ("prune", "efx", 0)]
+    res = compare.study(study("f", methods=["sparsegpt_lora", "foresight_after", "efx_after"], seeds=[0]),
+                        log=lambda *_: None)
+    assert calls == [("train", "dense", 0), ("prune", "sparsegpt", 0), ("prune", "efx", 0), ("prune", "efx", 0)]
     runs = {m: json.loads((Path(study("f").out) / f"runs/{m}-50-s0.json").read_text())
-            for m in ("foresight_after", "efx_after")}
+            for m in ("sparsegpt_lora", "foresight_after", "efx_after")}
     for m, how in (("foresight_after", "none"), ("efx_after", "obs")):
         (call,) = runs[m]["train"]["prune_calls"]
         assert (call["method"], call["reconstruct"], call["pbs"]) == ("foresight", how, False)
         assert runs[m]["zeros"] == pytest.approx(0.5, abs=0.01) and runs[m]["identity"]["reuse_dense"]
     assert runs["foresight_after"]["window_nll"] != runs["efx_after"]["window_nll"]
-    assert {r["method"] for r in res["rows"]} == {"dense_lora", "foresight_after", "efx_after"}
+    (con,) = res["contrasts"]
+    assert (con["row"], con["without"], con["sparsity"]) == ("efx_after", "sparsegpt_lora", 0.5)
+    for k in ("ppl", "qa/accuracy"):
+        assert con["diff"][k]["diff"] == pytest.approx(runs["efx_after"]["metrics"][k] - runs["sparsegpt_lora"]["metrics"][k])
+    assert "| ForeSight's mask against SparseGPT's, both with the OBS update (efx_after − sparsegpt_lora) | 50% |" \
+        in res["table"]
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
