@@ -434,7 +434,7 @@ def contrast_table(contrasts):
     """What each part changes: the paired differences of CONTRASTS, one line each."""
     if not contrasts:
         return ""
-    keys = list(dict.fromkeys(k for x in contrasts for k in x["diff"]))
+    keys = sorted(dict.fromkeys(k for x in contrasts for k in x["diff"]), key=lambda k: k != "ppl")
     lines = ["", "| part (row − row without it) | sparsity | " + " | ".join(f"Δ {k}" for k in keys) + " |",
              "|" + "---|" * (len(keys) + 2)]
     for x in contrasts:
