@@ -372,6 +372,7 @@ def aggregate(c, runs, done):
             row["per_seed"][key] = [x["metrics"][key] for x in recs]
         row["runs"] = [x["name"] for x in recs]
         rows.append(row)
+    rows.sort(key=lambda r: (r["sparsity"] in c.curve, r["sparsity"]))     # stable: methods keep their order
     means = lambda row: {k: m["mean"] for k, m in row["metrics"].items()}
     dense = next(r for r in rows if r["method"] == "dense_lora")
     best = {}
@@ -468,7 +469,8 @@ def figure(rows, path, log=print):
         err = [[p["mean"] - p["lo"] for _, p in pts], [p["hi"] - p["mean"] for _, p in pts]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
     ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("domain perplexity (seed mean, 95 % interval)")
+    ax.set_yscale("log")
+    ax.set_ylabel("domain perplexity (log scale; seed mean, 95 % interval)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
