@@ -447,8 +447,9 @@ def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):
         W_new, keep = sparsegpt_prune(mod.augmented_weight(), st["H"], o.sparsity, o.nm,
                                       o.blocksize, o.percdamp, info)
     else:
-        # ForeSight's Ws already holds this map's W~ (replaced only once the map is pruned)
-        W = Ws[name] if Ws is not None else mod.augmented_weight(None if o.lora_scale else 1.0)
+        # ForeSight's Ws already holds this map's W~ (replaced only once the map is pruned);
+        # only ForeSight drops s, so every other criterion scores W + s B A
+        W = Ws[name] if Ws is not None else mod.augmented_weight()
         if o.method == "magnitude":
             S = magnitude_score(W)                                      # E2
         elif o.method == "wanda":

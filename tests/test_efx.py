@@ -923,6 +923,25 @@ def test_s7b_driver_composes_each_compensation_from_the_pure_functions(make_mode
     close(model.model.layers[0].self_attn.q_proj.weight, want, dict(rtol=1e-4, atol=1e-5), variant)
 
 
+def test_e16_after_foresight_code_rebuilds_w_plus_s_ba(make_model):
+    """The reference code's E6 scores W + B A (no s); E16 must still rebuild the map the
+    model computes, W + s B A (s = 2 here), for the mask that score chose."""
+    model, ids = lora_model(make_model), calib(n=8)
+    q = model.model.layers[0].self_attn.q_proj
+    W, A, B, s = q.weight.clone(), q.lora_A.detach().clone(), q.lora_B.detach().clone(), q.scaling
+    with torch.no_grad():
+        x = model.model.embed_tokens(ids)
+        cos, sin = model.rope(ids.shape[1], "cpu")
+        st = efx.calibrate_block(model.model.layers[0], x, cos, sin, need_H=True)["q_proj"]
+    state = {}
+    efx.prune(model, ids, "foresight", 0.5, foresight_variant="code", reconstruct="obs",
+              score_state=state, log=quiet)
+    keep = efx.select_mask(state["model.layers.0.self_attn.q_proj"], 0.5)
+    want, _ = efx.sparsegpt_prune(W + s * B @ A, st["H"], 0.0, mask=keep)
+    assert s != 1 and B.abs().sum() > 0
+    close(q.weight, want, dict(rtol=1e-4, atol=1e-5), "E16 target")
+
+
 def test_s8_driver_damping_notes_seeded_adapters_and_score_average(make_model):
     """Damping increases inside E16 and E15 reach the call's report; the fresh A after the
     merge comes from the call's seed, not the global RNG; E7 uses the call's mask_lr."""
