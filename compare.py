@@ -3,8 +3,8 @@
 Every method on the same data, budget and test items, over several seeds, with bootstrap
 intervals and paired comparisons:
 
-    python compare.py --domain med --sparsity 0.5 --seeds 0 1 2 --test_frac 0.5 \\
-        --train_config budget.json --ppl_max_windows 48 --out runs/study_med
+    python compare.py --domain med --test_frac 0.5 --test_tasks medmcqa --seeds 0 1 2 \\
+        --sparsity 0.5 --curve 0.4 0.6 0.3 --seqlen 512 --ppl_max_windows 24 --out runs/study
     python compare.py --train task.jsonl --tasks test.jsonl --ppl_file corpus.txt --out runs/x
 
 A grid of methods x sparsities x seeds (train.py's seed: data order, LoRA init, calibration
@@ -140,7 +140,8 @@ class CompareConfig:
     sparsity: list = dataclasses.field(default_factory=lambda: [0.5])   # pruned fractions
     methods: list = dataclasses.field(default_factory=lambda: list(METHODS))  # rows (METHODS); dense_lora always runs
     curve: list[float] = dataclasses.field(default_factory=list)   # more sparsities for the figure: perplexity only
-    curve_methods: list = dataclasses.field(default_factory=lambda: ["wanda_lora", "sparsegpt_lora", "efx"])  # their rows
+    curve_methods: list = dataclasses.field(
+        default_factory=lambda: ["wanda_lora", "sparsegpt_lora", "efx"])   # the curve's rows
     seeds: list = dataclasses.field(default_factory=lambda: [0, 1, 2])   # train.py seeds, one run each
     preset: str = "study"        # train.py preset every run starts from (train.PRESETS)
     train_config: str = ""       # JSON of train.py fields over the preset: the budget shared by every run
@@ -160,7 +161,8 @@ class CompareConfig:
         if self.train and not (self.tasks or self.ppl_file):
             raise ValueError("--train needs something to test on: --tasks FILE.jsonl and / or --ppl_file")
         if not all(0 <= s < 1 for s in self.sparsity + self.curve) or set(self.sparsity) & set(self.curve):
-            raise ValueError(f"sparsity and curve values must be in [0, 1) and distinct, got {self.sparsity}, {self.curve}")
+            raise ValueError("sparsity and curve values must be in [0, 1) and distinct, "
+                             f"got {self.sparsity}, {self.curve}")
         for field in ("methods", "curve_methods"):
             if set(getattr(self, field)) - set(METHODS):
                 raise ValueError(f"{field}: unknown {sorted(set(getattr(self, field)) - set(METHODS))}, "
@@ -202,7 +204,8 @@ def study_data(c):
     examples = data.load_jsonl_tasks(c.train) if c.train else dom["train"]
     tests = {**dom.get("test", {}), **{Path(f).stem: data.load_jsonl_tasks(f) for f in c.tasks}}
     if set(c.test_tasks) - set(tests):
-        raise ValueError(f"test_tasks: unknown {sorted(set(c.test_tasks) - set(tests))}, expected some of {list(tests)}")
+        raise ValueError(f"test_tasks: unknown {sorted(set(c.test_tasks) - set(tests))}, "
+                         f"expected some of {list(tests)}")
     tests = {k: v[:c.max_examples or None] for k, v in tests.items() if k in c.test_tasks or not c.test_tasks}
     ppl = Path(c.ppl_file).read_text() if c.ppl_file else dom.get("ppl_text")
     return examples, tests, ppl, c.ppl_file or f"{c.domain}:ppl_text"
@@ -260,7 +263,8 @@ def cached_runs(runs, overwrite, log):
             a, b = _flat(old.get("identity", {})), _flat(r["identity"])
             diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             raise ValueError(f"{r['path']}: a cached run made with another configuration (differs in "
-                             f"{', '.join(diff[:6]) or 'fingerprint'}): pass --overwrite to replace it, or another --out")
+                             f"{', '.join(diff[:6]) or 'fingerprint'}): pass --overwrite to replace it, "
+                             "or another --out")
     for r in (r for r in runs if r["reuse"] and r["name"] not in done):
         dense = f"dense_lora-s{r['seed']}"          # a baseline to run prunes this model
         if dense in done and not (r["dense"] / "model.safetensors").exists():
@@ -291,8 +295,8 @@ def execute(r, tests, ppl_text, corpus, c, log):
         trained = train.run(r["cfg"])
         model, tok = trained.pop("model"), trained.pop("tokenizer")
     t_eval = time.time()
-    e = E.evaluate(model, tok, tests if r["full"] else {}, ppl_text, seqlen=c.seqlen, ppl_max_windows=c.ppl_max_windows or None,
-                   ppl_corpus=corpus, log=log, name=r["name"])
+    e = E.evaluate(model, tok, tests if r["full"] else {}, ppl_text, seqlen=c.seqlen,
+                   ppl_max_windows=c.ppl_max_windows or None, ppl_corpus=corpus, log=log, name=r["name"])
     ppl = dict(e["ppl"] or {})
     keep = ("task", "index", "prediction", "label", "correct", "rouge")
     rec = {k: r[k] for k in ("name", "method", "sparsity", "seed", "fingerprint", "identity")}
@@ -345,7 +349,8 @@ def study(c, log=print):
     table = markdown(rows, best, c) + contrast_table(contrasts)
     results = {"config": dataclasses.asdict(c), "budget": base, "evaluation": evaluation,
                "test_items": {k: len(v) for k, v in tests.items()}, "train_examples": len(examples),
-               "best_baseline": best, "rows": rows, "contrasts": contrasts, "runs": [f"runs/{r['path'].name}" for r in runs]}
+               "best_baseline": best, "rows": rows, "contrasts": contrasts,
+               "runs": [f"runs/{r['path'].name}" for r in runs]}
     E.write(out, results, table)
     figure(rows, out / "ppl_vs_sparsity.png", log)
     return {**results, "table": table}
@@ -405,26 +410,32 @@ def _ci(m, f):
     return f"{m['mean']:{f}} [{m['lo']:{f}}, {m['hi']:{f}}]"
 
 
+def _delta(d, k):
+    """One cell of a paired difference of metric k: estimate [interval] and flip share."""
+    return f"{_ci({'mean': d[k]['diff'], **d[k]}, '+.2f' if k == 'ppl' else '+.3f')} flip {d[k]['flip']:.2f}"
+
+
 def markdown(rows, best, c):
     """The table: seed mean [95 % interval] per metric, % of dense, paired differences."""
     keys = list(rows[0]["metrics"])
     keys = (["ppl"] if "ppl" in keys else []) + [k for k in keys if k != "ppl"]
     diffs = [k for k in keys if k == "ppl" or k.endswith("/accuracy")]
-    head = ["method", "sparsity"] + keys + ["% of dense", "zeros %"] + [f"Δ {k} vs best baseline" for k in diffs] + ["wall s"]
+    head = ["method", "sparsity"] + keys + ["% of dense", "zeros %"] + [f"Δ {k} vs best baseline" for k in diffs]
+    head += ["wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vs = r.get("vs_best", {})
         cells = [r["method"], f"{r['sparsity']:.0%}"] + [_ci(r["metrics"][k], ".2f" if k == "ppl" else ".3f")
                                                          if k in r["metrics"] else "-" for k in keys]
         cells += ["-" if r["rel"] is None else f"{r['rel']:.1f}", f"{r['zeros']:.1f}"]
-        cells += [f"{_ci({'mean': vs[k]['diff'], **vs[k]}, '+.2f' if k == 'ppl' else '+.3f')} flip {vs[k]['flip']:.2f}"
-                  if k in vs else "-" for k in diffs]
+        cells += [_delta(vs, k) if k in vs else "-" for k in diffs]
         lines.append("| " + " | ".join(cells + [f"{r['wall_s']:.0f}"]) + " |")
     seeds = ", ".join(map(str, c.seeds))
     notes = [f"Seed mean over seeds {seeds}; [2.5 %, 97.5 %] of {c.n_boot} hierarchical bootstrap resamples "
              "(seeds with replacement, then test items / perplexity windows within each seed).",
-             "% of dense: SPEC 9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed means"
-             + (f"; the curve's rows ({', '.join(f'{s:.0%}' for s in c.curve)}) measure perplexity only." if c.curve else "."),
+             "% of dense: SPEC 9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed "
+             "means" + (f"; the curve's rows ({', '.join(f'{s:.0%}' for s in c.curve)}) measure perplexity only."
+                        if c.curve else "."),
              "Δ: method − best baseline at the same sparsity (" + ", ".join(f"{s:.0%}: {m}" for s, m in best.items())
              + "), on the same resamples (paired); flip: share of resamples whose Δ lacks the sign of the estimate.",
              "wall s: per run; the baselines prune the dense LoRA model of their seed (its training not counted)."]
@@ -440,9 +451,8 @@ def contrast_table(contrasts):
              "|" + "---|" * (len(keys) + 2)]
     for x in contrasts:
         d = x["diff"]
-        cells = [f"{_ci({'mean': d[k]['diff'], **d[k]}, '+.2f' if k == 'ppl' else '+.3f')} flip {d[k]['flip']:.2f}"
-                 if k in d else "-" for k in keys]
-        lines.append(f"| {x['part']} ({x['row']} − {x['without']}) | {x['sparsity']:.0%} | " + " | ".join(cells) + " |")
+        cells = [x["part"] + f" ({x['row']} − {x['without']})", f"{x['sparsity']:.0%}"]
+        lines.append("| " + " | ".join(cells + [_delta(d, k) if k in d else "-" for k in keys]) + " |")
     return "\n".join(lines) + "\n"
 
 

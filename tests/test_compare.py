@@ -103,7 +103,8 @@ def study(tmp_path, tiny_ckpt):
     """Factory: study(out, **CompareConfig fields) -> compare.CompareConfig on tiny files."""
     ckpt, _ = tiny_ckpt
     rng = random.Random(0)
-    tr, te, ppl, calib, budget = (tmp_path / n for n in ("train.jsonl", "qa.jsonl", "ppl.txt", "calib.txt", "budget.json"))
+    tr, te, ppl, calib, budget = (tmp_path / n for n in
+                                  ("train.jsonl", "qa.jsonl", "ppl.txt", "calib.txt", "budget.json"))
     tr.write_text("".join(json.dumps({"prompt": words(rng, 6), "completion": " " + words(rng, 4)}) + "\n"
                           for _ in range(8)))
     te.write_text("".join(json.dumps({"prompt": words(rng, 6), "completion": " w1", "choices": [" w1", " w2"],
@@ -247,7 +248,8 @@ def test_s9_study_curve_rows_measure_perplexity_only(study, monkeypatch):
     assert run["zeros"] == pytest.approx(0.3, abs=0.01) and run["identity"]["eval"]["tests"] == "none"
     rows = {r["name"]: r for r in res["rows"]}
     assert rows["wanda_lora @50%"]["rel"] is not None and rows["efx_none @30%"]["rel"] is None
-    assert set(rows["efx_none @30%"]["vs_best"]) == {"ppl"} and res["best_baseline"] == {0.5: "wanda_lora", 0.3: "wanda_lora"}
+    assert set(rows["efx_none @30%"]["vs_best"]) == {"ppl"}
+    assert res["best_baseline"] == {0.5: "wanda_lora", 0.3: "wanda_lora"}
     line = next(x for x in res["table"].splitlines() if x.startswith("| efx_none | 30%"))
     assert line.split(" | ")[3:5] == ["-", "-"]             # qa/accuracy and qa/macro_f1
 
@@ -270,7 +272,8 @@ def test_s9_after_rows_prune_the_dense_model_once_with_foresight(study, monkeypa
     (con,) = res["contrasts"]
     assert (con["row"], con["without"], con["sparsity"]) == ("efx_after", "sparsegpt_lora", 0.5)
     for k in ("ppl", "qa/accuracy"):
-        assert con["diff"][k]["diff"] == pytest.approx(runs["efx_after"]["metrics"][k] - runs["sparsegpt_lora"]["metrics"][k])
+        want = runs["efx_after"]["metrics"][k] - runs["sparsegpt_lora"]["metrics"][k]
+        assert con["diff"][k]["diff"] == pytest.approx(want)
     assert "| ForeSight's mask against SparseGPT's, both with the OBS update (efx_after − sparsegpt_lora) | 50% |" \
         in res["table"]
 

@@ -884,15 +884,22 @@ def test_e10_prune_options_refuse_bad_nm():
     assert efx.PruneOptions(nm="1:4").nm == (1, 4)
 
 
-def _q0_expected(model, ids, variant, **o):
-    """q_proj of block 0 after a wanda call with compensation `variant`, from the pure
-    functions on the pre-call W, A, B (SPEC 7b / E12-E16 as _prune_map composes them)."""
+def _q0_before(model, ids):
+    """Block 0's q_proj before a call: copies of W, A, B, its scale s and its calibration
+    statistics (h, H) on ids."""
     q = model.model.layers[0].self_attn.q_proj
     W, A, B, s = q.weight.clone(), q.lora_A.detach().clone(), q.lora_B.detach().clone(), q.scaling
     with torch.no_grad():
         x = model.model.embed_tokens(ids)
         cos, sin = model.rope(ids.shape[1], "cpu")
         st = efx.calibrate_block(model.model.layers[0], x, cos, sin, need_H=True)["q_proj"]
+    return W, A, B, s, st
+
+
+def _q0_expected(model, ids, variant, **o):
+    """q_proj of block 0 after a wanda call with compensation `variant`, from the pure
+    functions on the pre-call W, A, B (SPEC 7b / E12-E16 as _prune_map composes them)."""
+    W, A, B, s, st = _q0_before(model, ids)
     U = W + s * B @ A
     keep = efx.select_mask(efx.wanda_score(U, st["h"]), 0.5)
     damp = o.get("pbs_damp", 1e-6)
@@ -927,19 +934,14 @@ def test_e16_after_foresight_code_rebuilds_w_plus_s_ba(make_model):
     """The reference code's E6 scores W + B A (no s); E16 must still rebuild the map the
     model computes, W + s B A (s = 2 here), for the mask that score chose."""
     model, ids = lora_model(make_model), calib(n=8)
-    q = model.model.layers[0].self_attn.q_proj
-    W, A, B, s = q.weight.clone(), q.lora_A.detach().clone(), q.lora_B.detach().clone(), q.scaling
-    with torch.no_grad():
-        x = model.model.embed_tokens(ids)
-        cos, sin = model.rope(ids.shape[1], "cpu")
-        st = efx.calibrate_block(model.model.layers[0], x, cos, sin, need_H=True)["q_proj"]
+    W, A, B, s, st = _q0_before(model, ids)
     state = {}
     efx.prune(model, ids, "foresight", 0.5, foresight_variant="code", reconstruct="obs",
               score_state=state, log=quiet)
     keep = efx.select_mask(state["model.layers.0.self_attn.q_proj"], 0.5)
     want, _ = efx.sparsegpt_prune(W + s * B @ A, st["H"], 0.0, mask=keep)
     assert s != 1 and B.abs().sum() > 0
-    close(q.weight, want, dict(rtol=1e-4, atol=1e-5), "E16 target")
+    close(model.model.layers[0].self_attn.q_proj.weight, want, dict(rtol=1e-4, atol=1e-5), "E16 target")
 
 
 def test_s8_driver_damping_notes_seeded_adapters_and_score_average(make_model):
