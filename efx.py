@@ -1,6 +1,6 @@
 """efx.py: EfficientXpert pruning: calibration, criteria, masks, PBS and the pruning call.
 
-Implements SPEC sections 3-8 (equations E1-E16) on the model of model.py:
+Implements method §3-8 (equations E1-E16) on the model of model.py:
   E1  column energy h from layer-sequential calibration hooks   -> calibrate_block(), prune()
   E2  magnitude, E3 Wanda, E5/E6 ForeSight (paper / reference-code form) -> *_score()
   E7  score average across pruning calls                         -> average_score()
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-import cli
+from support import cli
 from model import SEVEN_MAPS, sparsity_of   # SEVEN_MAPS: also the pruning order in a block
 from obs import check_finite, chol, sparsegpt_prune   # E11, E16 and the damped solves
 
@@ -32,12 +32,12 @@ CHOICES = {"method": METHODS, "per": ("row", "layer"), "foresight_variant": ("pa
 
 # ---------------------------------------------------------------- criteria (E2-E6)
 def magnitude_score(W):
-    """SPEC (E2): S_ab = |W_ab|."""
+    """method (E2): S_ab = |W_ab|."""
     return W.abs()
 
 
 def wanda_score(W, h):
-    """SPEC (E3): S_ab = |W_ab| * xi_b with xi = sqrt(h) (E1), h the column energy (n,)."""
+    """method (E3): S_ab = |W_ab| * xi_b with xi = sqrt(h) (E1), h the column energy (n,)."""
     return W.abs() * h.sqrt().unsqueeze(0)
 
 
@@ -53,7 +53,7 @@ def _heads(name, Ws, n_heads, n_kv_heads):
 
 
 def consumer_energy(name, Ws, n_heads, n_kv_heads):
-    """SPEC (E5) table: c_a (m,) for every output unit a of map `name`; Ws: {map: W + s B A}.
+    """method (E5) table: c_a (m,) for every output unit a of map `name`; Ws: {map: W + s B A}.
     Query head h reads kv head floor(h/g), so kv head gamma serves query heads gamma*g ..
     gamma*g+g-1: viewing per-unit values of q (or o's columns) as (n_kv, g, d_h) groups them by kv head."""
     d_h, g = _heads(name, Ws, n_heads, n_kv_heads)
@@ -71,7 +71,7 @@ def consumer_energy(name, Ws, n_heads, n_kv_heads):
 
 
 def partner_factor(name, Ws, n_heads, n_kv_heads):
-    """SPEC (E6) table: phi, broadcastable to (m, n). Ws hold W + B A (no scale, as the code)."""
+    """method (E6) table: phi, broadcastable to (m, n). Ws hold W + B A (no scale, as the code)."""
     d_h, g = _heads(name, Ws, n_heads, n_kv_heads)
     if name == "q_proj":   # row (h, c): ||K_gamma(h)[:, b]|| over the d_h rows of kv head gamma(h)
         k = Ws["k_proj"].square().view(n_kv_heads, d_h, -1).sum(1).sqrt()      # (n_kv, n)
@@ -100,7 +100,7 @@ def foresight_score(name, Ws, h, n_heads, n_kv_heads, variant="paper"):
 
 
 def average_score(S, prev, mask_lr=0.5):
-    """SPEC (E7): S_bar = eta S + (1 - eta) S_bar_prev, eta = mask_lr; S when there is no prev."""
+    """method (E7): S_bar = eta S + (1 - eta) S_bar_prev, eta = mask_lr; S when there is no prev."""
     if prev is None:
         return S
     if prev.shape != S.shape:
@@ -150,9 +150,9 @@ def select_mask(scores, sparsity, nm=None, per="row"):
 # ---------------------------------------------------------------- PBS (E12-E14)
 def pbs_update(W, A, B, mask, d, scale, kappa=1.0, lam=None, variant="paper", pbs_damp=1e-6,
                per_row=False, info=None):
-    """SPEC (E12-E14): Partial Brain Surgeon; returns delta_B (m, r), B itself is untouched.
+    """method (E12-E14): Partial Brain Surgeon; returns delta_B (m, r), B itself is untouched.
     Moves U = W + s B A towards 0 on the pruned coordinates (mask False) by changing B only.
-    Column weights d (n,), keep weight kappa, ridge lam (None: SPEC section 7's rule for
+    Column weights d (n,), keep weight kappa, ridge lam (None: method §7's rule for
     `variant`; "code" drops s, as the reference code). per_row=True forces the per-row E13
     solve even at kappa = 1 (tests and the benchmark compare it with E14)."""
     if variant not in ("paper", "code"):
@@ -167,10 +167,10 @@ def pbs_update(W, A, B, mask, d, scale, kappa=1.0, lam=None, variant="paper", pb
     if lam is None:
         lam = pbs_damp * G.diagonal().mean() if variant == "paper" else 1e-8
     rhs = (P * U) @ AD.T                                   # (m, r): rows A_P D_P U_{a,P}^T
-    if kappa == 1.0 and not per_row:   # SPEC (E14): one r x r solve for all rows
+    if kappa == 1.0 and not per_row:   # method (E14): one r x r solve for all rows
         L, _ = chol(G, float(lam), info, "pbs A D A^T")
         delta = -torch.cholesky_solve(rhs.T, L).T
-    else:              # SPEC (E13): per row, K_a = kappa G + (1-kappa) A_P D_P A_P^T + lam I
+    else:              # method (E13): per row, K_a = kappa G + (1-kappa) A_P D_P A_P^T + lam I
         r = A.shape[0]
         outer = (A.unsqueeze(1) * A.unsqueeze(0)).reshape(r * r, -1)  # (r^2, n): A_ib A_jb
         GP = ((P * d.unsqueeze(0)) @ outer.T).view(-1, r, r)         # (m, r, r), no (m, r, n)
@@ -180,7 +180,7 @@ def pbs_update(W, A, B, mask, d, scale, kappa=1.0, lam=None, variant="paper", pb
 
 
 def gram_pbs_update(W, A, B, mask, H, scale, lam=None, pbs_damp=1e-6, info=None, target=None):
-    """SPEC (E15): Gram PBS; returns delta_B (m, r), B itself is untouched. The masked merge
+    """method (E15): Gram PBS; returns delta_B (m, r), B itself is untouched. The masked merge
     zeroes the pruned columns P of row a whatever B does, so the merged row errs on the
     calibration inputs by e = (-U_P, s dB_a A_K); minimising e H e^T + lam ||s dB_a||^2 gives
     (A_K H_KK A_K^T + lam I) s dB_a^T = A_K H_KP U_{a,P}^T: Optimal Brain Surgeon's correction
@@ -235,7 +235,7 @@ _SAME_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
 
 @torch.no_grad()
 def calibrate_block(block, xs, cos, sin, need_H=False, batch_size=8):
-    """Forward hooks on the maps accumulate, over every calibration token, SPEC (E1)
+    """Forward hooks on the maps accumulate, over every calibration token, method (E1)
     h = sum_t X_t^2 (n,) and, for SparseGPT, H = X^T X (n, n); float32 on the block's device.
     Returns {map: {"h": .., "H": ..}} for the seven maps (shared per _SAME_INPUT)."""
     maps, stats, handles = _maps(block), {}, []     # stats: {hooked module: {"h": .., "H": ..}}
@@ -289,7 +289,7 @@ def _parse_nm(nm):
 
 
 def check_nm_fits(config, nm):
-    """SPEC (E10) needs every map's input width divisible by M: checked on the model's Config
+    """method (E10) needs every map's input width divisible by M: checked on the model's Config
     alone, before any weight is loaded. nm: (N, M) or "N:M"."""
     nm = _parse_nm(nm)
     for what, n in (("q/k/v/gate/up_proj (hidden_size)", config.hidden_size),
@@ -300,7 +300,7 @@ def check_nm_fits(config, nm):
 
 @dataclasses.dataclass
 class PruneOptions:
-    """The options of one pruning call (SPEC sections 4-8), checked once, here."""
+    """The options of one pruning call (method §4-8), checked once, here."""
     method: str = "wanda"            # magnitude (E2) | wanda (E3) | sparsegpt (E11) | foresight (E5/E6)
     sparsity: float = 0.5            # rho: fraction pruned per row (E8) or per layer (E9)
     nm: tuple | str | None = None    # (N, M) or "N:M" for N:M (E10); sparsity is then N / M
@@ -362,7 +362,7 @@ def _check_calib(model, calib_ids, o):
 @torch.no_grad()
 def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_state=None,
           log=print, **kw):
-    """One pruning call over the whole model (SPEC section 8 PRUNE_CALL, layer-sequential as in
+    """One pruning call over the whole model (method §8 PRUNE_CALL, layer-sequential as in
     section 3). Options: a PruneOptions, and / or its fields as keywords (method, sparsity,
     nm, per, foresight_variant, pbs, pbs_variant, reconstruct, average, ...), which win.
     score_state: dict name -> S_bar (CPU), updated in place; E7 averaging when it holds a
@@ -440,10 +440,10 @@ def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_s
 
 
 def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):
-    """Score, average, mask, compensate, masked merge of one map (SPEC section 8 PRUNE_CALL).
+    """Score, average, mask, compensate, masked merge of one map (method §8 PRUNE_CALL).
     st: its calibration statistics; Ws: the block's partner weights (ForeSight); o: options."""
     W_new = None                 # E11 / E16: OBS-updated weights that replace the merged W
-    if o.method == "sparsegpt":  # SPEC (E11) on W + s B A, mask chosen by saliency
+    if o.method == "sparsegpt":  # method (E11) on W + s B A, mask chosen by saliency
         W_new, keep = sparsegpt_prune(mod.augmented_weight(), st["H"], o.sparsity, o.nm,
                                       o.blocksize, o.percdamp, info)
     else:
@@ -479,7 +479,7 @@ def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):
             mod.lora_B += pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, d, mod.scaling,
                                      o.pbs_kappa, variant=o.pbs_variant, pbs_damp=o.pbs_damp,
                                      info=info)
-    mod.merge(keep)              # W <- M * (W + s B A), B = 0 (SPEC (E0))
+    mod.merge(keep)              # W <- M * (W + s B A), B = 0 (method (E0))
     if W_new is not None:
         mod.weight.copy_(W_new.to(mod.weight.dtype))
     mod.reset_lora(gen)          # fresh A (Kaiming), B = 0: the next epoch trains a new adapter

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC section 9): perplexity, classification / multiple choice, summarisation,
+"""Evaluation (method §9): perplexity, classification / multiple choice, summarisation,
 relative performance (% of dense) and the sparsity report. The CLI evaluates one model and
 writes results.json, results.md and predictions.jsonl (one record per example) to --out.
 
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import assets
-import cli
+from support import assets
+from support import cli
 import data
-import files
+from support import files
 import model as M
 
 
@@ -40,7 +40,7 @@ def _wide(t):                  # log-softmax in float32 at least (bf16/fp16 logi
 
 # ----------------------------------------------------------------------------- perplexity
 def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_windows=None, log=None):
-    """SPEC 9 perplexity with its protocol (what results JSON records).
+    """method §9 perplexity with its protocol (what results JSON records).
 
     Each window of seqlen tokens predicts its last seqlen-1 tokens from the ones before it;
     PPL = exp(total NLL / predicted tokens) (the Wanda/SparseGPT wikitext scripts divide by
@@ -50,7 +50,7 @@ def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_win
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     if seqlen < 2:
         raise ValueError(f"eval.perplexity: seqlen must be >= 2, got {seqlen}")
-    n = ids.numel() // seqlen                                # remainder dropped (SPEC 9)
+    n = ids.numel() // seqlen                                # remainder dropped (method §9)
     if n == 0:
         raise ValueError(f"eval.perplexity: {ids.numel()} corpus tokens, fewer than one window of seqlen={seqlen}")
     n = min(n, max_windows) if max_windows else n
@@ -73,7 +73,7 @@ def perplexity_record(model, token_ids, seqlen, corpus="", batch_size=8, max_win
 
 
 def perplexity(model, token_ids, seqlen, batch_size=8):
-    """SPEC 9: exp(total NLL / predicted tokens) over non-overlapping windows -> float."""
+    """method §9: exp(total NLL / predicted tokens) over non-overlapping windows -> float."""
     return perplexity_record(model, token_ids, seqlen, batch_size=batch_size)["ppl"]
 
 
@@ -135,7 +135,7 @@ def choice_logliks(model, prompt_ids, choice_ids, batched=True):
 
 
 def score_choices(model, tok, prompt, choices, batched=True, max_len=None):
-    """SPEC 9: summed log-likelihood of each choice text after the prompt.
+    """method §9: summed log-likelihood of each choice text after the prompt.
 
     Prompt and choice are tokenised separately and the ids concatenated, so the boundary is
     exactly where the data puts it (as fine-tuning does with prompt/completion)."""
@@ -145,7 +145,7 @@ def score_choices(model, tok, prompt, choices, batched=True, max_len=None):
 
 
 def _norm_words(text):
-    # rouge-score tokenisation (SPEC 9): lowercase, non-alphanumerics -> space, split
+    # rouge-score tokenisation (method §9): lowercase, non-alphanumerics -> space, split
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
 
@@ -259,7 +259,9 @@ def label_report(task, examples, preds, log=print, share=0.9, min_n=10):
     conf = {g: dict.fromkeys(cols, 0) for g in names}
     for p, y in zip(preds, labels):
         conf[names[y]][cols[-1] if p is None else names[p]] += 1
-    out = {"labels": names, "gold_counts": {g: sum(row.values()) for g, row in conf.items()},
+    gold_counts = {g: sum(row.values()) for g, row in conf.items()}
+    out = {"labels": names, "gold_counts": gold_counts,
+           "majority": max(gold_counts.values()) / max(len(labels), 1),   # always answering the commonest label
            "pred_counts": {c: sum(row[c] for row in conf.values()) for c in cols},
            "confusion": conf, "collapse": None}
     top, n = Counter(p for p in preds if p is not None).most_common(1), len(preds)
@@ -289,7 +291,9 @@ def eval_classification(model, tok, task, examples, mode="loglik", max_new_token
             extra = {"text": greedy(model, tok, ex["prompt"], max_new_tokens, max_len)}
             pred = parse_answer(extra["text"], ex["choices"])
         records.append({"name": name, "task": task, "index": i, "id": ex.get("id"), "prediction": pred,
-                        "label": ex["label"], "correct": pred == ex["label"], **extra})
+                        "label": ex["label"], "correct": pred == ex["label"],
+                        "prediction_text": None if pred is None else ex["choices"][pred],
+                        "label_text": ex["choices"][ex["label"]], **extra})
         bar.update(i + 1, f"acc {sum(r['correct'] for r in records) / (i + 1):.4f}")
     preds, labels = [r["prediction"] for r in records], [r["label"] for r in records]
     return {"kind": "classification", "mode": mode, "n": len(labels),
@@ -344,7 +348,7 @@ def evaluate(model, tok, tasks, ppl_text=None, seqlen=512, max_examples=None, mo
         out["tasks"][task] = res
         out["metrics"].update({f"{task}/{k}": res[k] for k in HEADLINE[kind]})
     if ppl_text:
-        ids = tok.encode(ppl_text, bos=False)       # tokenised once (SPEC 9)
+        ids = tok.encode(ppl_text, bos=False)       # tokenised once (method §9)
         rec = perplexity_record(model, ids, min(seqlen, len(ids)), ppl_corpus,
                                 max_windows=ppl_max_windows, log=log)
         log(f"[eval] ppl {rec['ppl']:.3f} ({rec['windows']} windows of {rec['seqlen']})")
@@ -353,7 +357,7 @@ def evaluate(model, tok, tasks, ppl_text=None, seqlen=512, max_examples=None, mo
 
 
 def relative_performance(method_metrics, dense_metrics):
-    """SPEC 9: per metric m_method / m_dense (perplexity: ppl_dense / ppl_method); mean x 100.
+    """method §9: per metric m_method / m_dense (perplexity: ppl_dense / ppl_method); mean x 100.
 
     Both arguments are flat {metric: value}; a metric is a perplexity when its name contains
     'ppl' or 'perplexity'; one missing on a side or with a zero denominator goes to 'skipped'."""
@@ -370,7 +374,7 @@ def relative_performance(method_metrics, dense_metrics):
 
 
 def sparsity_report(model, nm=None):
-    """SPEC 9: exact zeros of the weight each of the seven maps uses in its forward (W + s B A),
+    """method §9: exact zeros of the weight each of the seven maps uses in its forward (W + s B A),
     per map, per block and overall, each as {"zeros", "numel", "sparsity"} (efx.prune's format);
     with nm=(N, M), "nm_valid": every group of M consecutive columns holds >= N zeros in every
     row. Storage stays dense: the saved file does not shrink."""
@@ -391,14 +395,30 @@ def sparsity_report(model, nm=None):
 
 
 # ----------------------------------------------------------------------------- tables, CLI
+def metric_cell(key, value, tasks=None):
+    """One table cell: the value, and for the accuracy of a task whose answers collapsed onto
+    one label (label_report) that label and the test set's majority-label rate, e.g.
+    "0.5520 (all 'yes'; majority 0.552)": accuracy near the majority rate then means the prior."""
+    cell = f"{value:.4f}"
+    task, _, metric = key.rpartition("/")
+    res = (tasks or {}).get(task) or {}
+    if metric == "accuracy" and res.get("collapse"):
+        c = res["collapse"]
+        what = "all" if c["predicted"] == c["n"] else f"{c['predicted']}/{c['n']}"
+        cell += f" ({what} '{c['label']}'; majority {res['majority']:.3f})"
+    return cell
+
+
 def markdown_table(rows, metric_keys):
-    """rows: dicts with 'name', 'metrics' and optional 'zeros', 'rel', 'wall_s', 'peak_gb'."""
+    """rows: dicts with 'name', 'metrics' and optional 'tasks' (evaluate's per-task results,
+    for the collapse mark of metric_cell), 'zeros', 'rel', 'wall_s', 'peak_gb'."""
     names = {"zeros": "zeros %", "rel": "% of dense", "wall_s": "wall s", "peak_gb": "peak GB"}
     extra = [k for k in names if any(k in r for r in rows)]
     head = ["method"] + list(metric_keys) + [names[k] for k in extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r["name"]] + [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-" for k in metric_keys]
+        vals = [r["name"]] + [metric_cell(k, r["metrics"][k], r.get("tasks")) if k in r["metrics"] else "-"
+                              for k in metric_keys]
         vals += [f"{r[k]:.1f}" if isinstance(r.get(k), (int, float)) else "-" for k in extra]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
@@ -434,7 +454,7 @@ class EvalConfig:
     model: str = ""              # HF-layout model directory ("" = the built-in default model)
     name: str = ""               # run name in the table, results and predictions ("" = from --model)
     domain: str = ""             # built-in test sets and perplexity text: med | legal
-    tasks: list = dataclasses.field(default_factory=list)   # JSONL task files (SPEC 10); name = file stem
+    tasks: list = dataclasses.field(default_factory=list)   # JSONL task files (method §10); name = file stem
     ppl_file: str = ""           # text file for perplexity ("" = the domain's)
     out: str = ""                # folder for results.json, results.md, predictions.jsonl ("" = runs/eval-<name>)
     overwrite: bool = False      # replace the results of an earlier evaluation in --out
@@ -490,7 +510,7 @@ def run(c: EvalConfig) -> dict:
                    max_examples=c.max_examples or None, mode=c.mode, max_new_tokens=c.max_new_tokens,
                    ppl_max_windows=c.ppl_max_windows or None, name=name)
     res.update(sparsity=sparsity_report(model), config=dataclasses.asdict(c))
-    table = markdown_table([{"name": name, "metrics": res["metrics"]}], list(res["metrics"]))
+    table = markdown_table([{"name": name, "metrics": res["metrics"], "tasks": res["tasks"]}], list(res["metrics"]))
     write(c.out, res, table)
     print(table)
     return res

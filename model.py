@@ -1,12 +1,12 @@
 """LLaMA-family decoder and LoRA adapters in plain torch; HF checkpoint directories in and out.
 
-* The decoder (SPEC section 2): RMSNorm, rotate-half RoPE (optional llama3 scaling), GQA
+* The decoder (method §2): RMSNorm, rotate-half RoPE (optional llama3 scaling), GQA
   attention via SDPA, SwiGLU MLP, tied or untied lm_head, Qwen2 q/k/v bias, Qwen3 per-head q/k
   RMSNorm. Module and tensor names equal HF's: HF checkpoint directories load with no name
   table, and saved directories load back into HF tools. Unsupported config values raise.
-* LoRA on q, k, v, o, gate, up, down: SPEC (E0) forward, merge, masked merge.
+* LoRA on q, k, v, o, gate, up, down: method (E0) forward, merge, masked merge.
 * Greedy KV-cache generation, load_model / save_model (the files themselves: files.py), the
-  exact-zero count of a weight (SPEC 9), a device picker. Tests: tests/test_model.py.
+  exact-zero count of a weight (method §9), a device picker. Tests: tests/test_model.py.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import files
-from files import ARCHITECTURES, LLAMA3_ROPE_KEYS
+from support import files
+from support.files import ARCHITECTURES, LLAMA3_ROPE_KEYS
 
 IGNORE = -100             # label without loss (prompt, padding): data.IGNORE, torch's default
 SEVEN_MAPS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -157,7 +157,7 @@ class Dropout(nn.Dropout):
 
 
 class LoRALinear(nn.Module):
-    """Frozen base linear W (m x n) plus an optional low-rank adapter, SPEC (E0):
+    """Frozen base linear W (m x n) plus an optional low-rank adapter, method (E0):
     y = W x + s B (A drop(x)), s = alpha / r, A (r x n) Kaiming-uniform, B (m x r) zero
     (LoRA, Hu et al. 2021, section 4.1). Adapters are float32 whatever W's dtype; r = 0 is a
     plain linear with HF state-dict keys."""
@@ -188,7 +188,7 @@ class LoRALinear(nn.Module):
             self.lora_B.zero_()
 
     def augmented_weight(self, scale=None):
-        """W~ = W + s B A in float32 (SPEC (E5)); scale replaces s (1: the E6 code form). With
+        """W~ = W + s B A in float32 (method (E5)); scale replaces s (1: the E6 code form). With
         no adapter or B = 0 (just after a merge) this is W itself (float32): callers only read it."""
         w = self.weight.float()
         if self.r == 0 or not self.lora_B.any():
@@ -205,7 +205,7 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self, mask=None):
-        """W <- W + s B A, or W <- M * (W + s B A) (SPEC (E0)); then B = 0. Idempotent."""
+        """W <- W + s B A, or W <- M * (W + s B A) (method (E0)); then B = 0. Idempotent."""
         w = self.augmented_weight()                 # a new tensor when r > 0
         self.weight.copy_((w if mask is None else w.mul_(mask.to(w.device))).to(self.weight.dtype))
         if self.r:
@@ -317,7 +317,7 @@ class Transformer(nn.Module):
     def forward(self, input_ids, cache: KVCache | None = None, labels=None, n_tokens=1):
         """input_ids (B, T) -> logits (B, T, vocab), every position, in the model's dtype.
         With labels (B, T) (data.py: aligned with input_ids, IGNORE = no loss): the training
-        loss instead, sum of next-token CE over labelled tokens / n_tokens (SPEC section 8),
+        loss instead, sum of next-token CE over labelled tokens / n_tokens (method §8),
         with lm_head only where a label is (see completion_ce). Keyword, so DDP can wrap it."""
         h = self.hidden(input_ids, cache)
         if labels is None:
@@ -404,7 +404,7 @@ def add_lora(model, r: int, alpha: float, dropout: float = 0.0, targets=SEVEN_MA
 
 
 def merge_lora(model, masks: dict | None = None):
-    """Merge every adapter (SPEC (E0)); masks {name: bool (m, n)} makes it a masked merge."""
+    """Merge every adapter (method (E0)); masks {name: bool (m, n)} makes it a masked merge."""
     for name, m in lora_modules(model):
         m.merge((masks or {}).get(name))
     return model
@@ -486,7 +486,7 @@ def save_model(model: Transformer, path):
 
 
 def sparsity_of(W, nm=None) -> dict:
-    """Exact zeros of a weight (SPEC 9); with nm = (N, M), "nm_valid": every group of M
+    """Exact zeros of a weight (method §9); with nm = (N, M), "nm_valid": every group of M
     consecutive columns holds >= N zeros in every row (a ragged last group fails)."""
     zeros = int((W == 0).sum())
     ok = None if nm is None else W.shape[1] % nm[1] == 0 and bool(

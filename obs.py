@@ -1,9 +1,9 @@
-"""obs.py: Optimal Brain Surgeon numerics: SparseGPT (SPEC E11) and OBS reconstruction for
+"""obs.py: Optimal Brain Surgeon numerics: SparseGPT (method (E11)) and OBS reconstruction for
 a given mask (E16), with the damped Cholesky solves that PBS (E12-E15) shares.
 
 A file of its own as SparseGPT's sparsegpt.py is: the column-by-column OBS update of a weight
 W (m, n) against its inputs' Gram matrix H = X^T X (n, n). efx.py re-exports
-sparsegpt_prune (SPEC section 11). Tests: tests/test_efx.py (test_e11_..., test_e16_...).
+sparsegpt_prune (method §11). Tests: tests/test_efx.py (test_e11_..., test_e16_...).
 """
 import torch
 
@@ -34,8 +34,8 @@ def chol(K, damp, info, what):
 
 # ---------------------------------------------------------------- SparseGPT (E11)
 def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, info=None, mask=None):
-    """SPEC (E11): SparseGPT (Frantar & Alistarh 2023) on W (m, n) with H = X^T X (n, n).
-    SPEC (E16) with `mask` (bool keep, (m, n)): the same OBS column updates for a mask chosen
+    """method (E11): SparseGPT (Frantar & Alistarh 2023) on W (m, n) with H = X^T X (n, n).
+    method (E16) with `mask` (bool keep, (m, n)): the same OBS column updates for a mask chosen
     by any criterion instead of by saliency (sparsity and nm are then ignored).
     Returns (W_new, keep_mask). `info` (optional dict) receives "loss" (per-row OBS loss:
     1/2 sum_c err_c^2, i.e. 1/2 dW (H + delta I) dW^T, the original's `Losses`), "damp" and

@@ -1,4 +1,4 @@
-"""Domain fine-tuning with the EfficientXpert schedule (SPEC section 8), and its baselines.
+"""Domain fine-tuning with the EfficientXpert schedule (method §8), and its baselines.
 
     python train.py                               # the main job: SmolLM2 on `med`, 50 % sparse
     python train.py --preset smoke                # the whole pipeline in about two minutes on CPU
@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -27,12 +28,12 @@ import tokenizers
 import torch
 import torch.distributed as dist
 
-import cli
-import assets
+from support import cli
+from support import assets
 import data
 import efx
 import eval as E
-import files
+from support import files
 import model as M
 
 METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
@@ -42,10 +43,10 @@ METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
 class TrainConfig:
     """One run; every field is a flag (--lora_r 8) and a --config key, checked at creation."""
     # what
-    preset: str = "default"         # named group of defaults: default (the main job on CPU) | smoke | paper
+    preset: str = "default"         # named group of defaults: default (the main job on CPU) | smoke | study | paper
     model: str = ""                 # HF checkpoint dir; "" = the built-in SmolLM2-135M-Instruct
     domain: str = "med"             # built-in domain (med | legal): its training data when --train is empty
-    train: str = ""                 # JSONL task file (SPEC section 10) to fine-tune on
+    train: str = ""                 # JSONL task file (method §10) to fine-tune on
     test: list = dataclasses.field(default_factory=list)   # JSONL task files to test dense start and result on
     ppl_file: str = ""              # text for the perplexity metric; "" = the domain's (none with --train)
     out: str = ""                   # output folder; "" = runs/<preset>-<data>-<method>-<sparsity>-s<seed>
@@ -54,9 +55,9 @@ class TrainConfig:
     sparsity: float = 0.5           # fraction of each of the seven maps pruned (rho)
     nm: str = ""                    # "2:4" etc.: N:M instead of unstructured (E10)
     per: str = "row"                # mask selection: row (E8) | layer (E9)
-    # EfficientXpert (SPEC sections 4, 7, 8)
+    # EfficientXpert (method §4, 7, 8)
     foresight_variant: str = "code"     # code (E6, the authors' released code) | paper (E5)
-    pbs: bool = False               # B update before each masked merge (SPEC section 7)
+    pbs: bool = False               # B update before each masked merge (method §7)
     pbs_variant: str = "paper"      # paper | code (E12-E14: no gain after the merge) | gram (E15)
     reconstruct: str = "obs"        # obs: OBS update of the kept weights for the mask (E16) | none
     compensate_final: bool = True   # apply pbs / reconstruct in the final call too
@@ -79,7 +80,7 @@ class TrainConfig:
     clip: float = 1.0               # gradient-norm clipping (0 = off)
     max_len: int = 512              # tokens per example (prompt cut from the left)
     max_train: int = 0              # use at most this many training examples (0 = all)
-    # calibration (SPEC section 3)
+    # calibration (method §3)
     nsamples: int = 16              # calibration windows per pruning call
     seqlen: int = 256               # tokens per calibration window
     calib: str = ""                 # text file for calibration; "" = built-in general corpus
@@ -94,6 +95,7 @@ class TrainConfig:
     device: str = ""                # "" = cuda > mps > cpu
     log_every: int = 10             # optimizer steps between log lines
     resume: bool = False            # continue from <out>/checkpoint.safetensors
+    keep_checkpoint: bool = False   # keep the training checkpoint once the run has finished
 
     def __post_init__(self):         # every value checked here, before any heavy work
         def need(ok, msg):
@@ -130,7 +132,7 @@ class TrainConfig:
             self.out = f"runs/{self.preset}-{Path(self.train).stem if self.train else self.domain}-{what}-s{self.seed}"
 
 PRESETS = {
-    # SPEC section 8 / the paper's reference hyper-parameters (one GPU).
+    # method §8 / the paper's reference hyper-parameters (one GPU).
     "paper": dict(lora_r=8, lora_alpha=16, lora_dropout=0.05, lr=2e-4, epochs=3, batch_size=4,
                   nsamples=128, seqlen=2048, mask_lr=0.5, max_len=2048, max_train=0,
                   foresight_variant="code", pbs=True, pbs_variant="paper", reconstruct="none",
@@ -151,14 +153,18 @@ PRESETS = {
 
 
 def parse_args(argv=None) -> TrainConfig:
-    """The command line: defaults < --preset < --config < flags (cli.py)."""
-    return cli.parse(TrainConfig, argv, __doc__.split("\n")[0], presets=PRESETS)
+    """The command line: defaults < --preset < --config < flags (support/cli.py)."""
+    cfg = cli.parse(TrainConfig, argv, __doc__.split("\n")[0], presets=PRESETS)
+    given = [a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")]
+    if cfg.method == "dense" and {"--sparsity", "--nm", "--per"} & set(given):
+        raise ValueError("config: --method dense is not pruned: drop --sparsity / --nm / --per")
+    return cfg
 
 
 # ----------------------------------------------------------------------------- schedule
 
 def prune_points(epochs, steps_per_epoch, prune_every=1, prune_every_steps=0):
-    """Global optimizer steps before which an intermediate pruning call runs (SPEC section 8):
+    """Global optimizer steps before which an intermediate pruning call runs (method §8):
     the first step of epoch e for e >= 1 with e % prune_every == 0, or with prune_every_steps
     = k every k-th step. The final call (after the last step) is not in this list."""
     total = epochs * steps_per_epoch
@@ -199,7 +205,7 @@ def completion_loss(model, ids, labels, n_tokens):
 # ----------------------------------------------------------------------------- the run
 
 def run(cfg) -> dict:
-    """SPEC section 8: fine-tune with LoRA, prune per the method's schedule, save, evaluate.
+    """method §8: fine-tune with LoRA, prune per the method's schedule, save, evaluate.
     cfg: a TrainConfig, or a dict of fields over the default preset. Returns the results dict
     plus "model" and "tokenizer" (the final sparse model, in memory)."""
     job = Job(cfg)                          # every check, the data and calibration windows, the model
@@ -256,19 +262,19 @@ class Job:
         tests = {Path(f).stem: data.load_jsonl_tasks(f) for f in cfg.test} if cfg.test else dom.get("test", {})
         self.ppl_text = Path(cfg.ppl_file).read_text() if cfg.ppl_file else dom.get("ppl_text")
         if cfg.max_train and len(examples) > cfg.max_train:   # a seeded sample across the tasks
-            _log(f"[train] max_train={cfg.max_train} ({cfg.preset} preset): a seeded {cfg.max_train} of "
+            _log(f"[train] max_train={cfg.max_train} ({_source(cfg, 'max_train')}): a seeded {cfg.max_train} of "
                  f"the {len(examples)} training examples are used (--max_train 0: all)")
             pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
             examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
         self.encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
         if trunc["prompt_cut"] or trunc["completion_cut"]:
             longest = max(len(tok.encode(e["prompt"])) + len(tok.encode(e["completion"])) for e in examples) + 2
-            _log(f"[train] max_len={cfg.max_len} ({cfg.preset} preset): {trunc['prompt_cut']} prompts "
+            _log(f"[train] max_len={cfg.max_len} ({_source(cfg, 'max_len')}): {trunc['prompt_cut']} prompts "
                  f"({trunc['prompt_cut'] / len(examples):.0%}) and {trunc['completion_cut']} completions of "
                  f"{len(examples)} examples are cut; --max_len {longest} keeps every example whole")
         capped = [k for k, v in tests.items() if cfg.eval_max and len(v) > cfg.eval_max]
         if cfg.eval and capped:
-            _log(f"[train] eval_max={cfg.eval_max} ({cfg.preset} preset): only the first {cfg.eval_max} "
+            _log(f"[train] eval_max={cfg.eval_max} ({_source(cfg, 'eval_max')}): only the first {cfg.eval_max} "
                  f"items of {', '.join(f'{k} ({len(tests[k])})' for k in capped)} are tested (--eval_max 0: all)")
         if cfg.train and not cfg.test:
             _log(f"[train] no --test files: the result is saved but not evaluated (add --test FILE.jsonl, "
@@ -301,6 +307,12 @@ class Job:
         self.n_calls = len(self.points) + 1              # efx: the intermediate calls + the final
         self.score_state, self.prune_reports, self.losses = {}, [], []
         self.start_epoch = 0
+        if self.rank == 0:      # the folder says it is unfinished until finish() (and how to resume)
+            self.out.mkdir(parents=True, exist_ok=True)
+            files.atomic_write_text(json.dumps({**dataclasses.asdict(cfg), "resume": False, "overwrite": False}, indent=2),
+                                    self.out / "config.json")
+            files.atomic_write_text(f"This run has not finished. Resume it with:\n  {resume_command(cfg)}\n",
+                                    self.out / UNFINISHED)
 
     def autocast(self):
         return torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda")
@@ -308,7 +320,7 @@ class Job:
     def evaluate(self, key):
         """The test tasks and the domain perplexity (rank 0; not for --resume's dense start).
         The peak memory reported is that of everything after the dense start's evaluation."""
-        resumed = key == "dense_start" and self.cfg.resume
+        resumed = key == "dense_start" and self.cfg.resume and self.ckpt.exists()   # restored from it
         if self.cfg.eval and (self.tests or self.ppl_text) and self.rank == 0 and not resumed:
             t0 = time.time()
             res = E.evaluate(self.model, self.tok, self.tests, self.ppl_text, seqlen=self.cfg.eval_seqlen, log=_log,
@@ -331,7 +343,7 @@ class Job:
         return loss.item()
 
     def prune_call(self, method, compensate, average, tag, keep_scores=False):
-        """One efx.prune call (SPEC section 8 PRUNE_CALL) with this run's options."""
+        """One efx.prune call (method §8 PRUNE_CALL) with this run's options."""
         cfg, t = self.cfg, time.time()
         if hasattr(self, "bar"):
             self.bar.end()                  # a half-written progress line on a terminal
@@ -350,7 +362,7 @@ class Job:
         return rep
 
     def attach_lora(self):
-        """LoRA on the seven maps (SPEC (E0)), AdamW and the lr schedule; --resume restores them."""
+        """LoRA on the seven maps (method (E0)), AdamW and the lr schedule; --resume restores them."""
         cfg = self.cfg
         M.add_lora(self.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                    generator=torch.Generator(device=self.device).manual_seed(cfg.seed))
@@ -367,10 +379,12 @@ class Job:
             state = files.load_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state)
             self.start_epoch, self.losses = state["epoch"] + 1, state["losses"]
             self.prune_reports = state["prune_reports"]
+            if state.get("dense_start") is not None:     # the interrupted run's dense-start results
+                self.results["dense_start"] = state["dense_start"]
             self.sched.load_state_dict(state["sched"])
             for g, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):   # load_state_dict
                 g["lr"] = lr                                 # leaves the optimizer at lr(step 0)
-            _log(f"[train] resumed from {self.ckpt} after epoch {state['epoch']}")
+            _log(f"[train] resumed from {self.ckpt} after epoch {state['epoch'] + 1}/{cfg.epochs}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.t_train, self.tokens_seen = time.time(), 0
         self.bar = cli.Progress("[train] step", self.total, "step", print if self.rank == 0 else (lambda *a: None),
@@ -423,7 +437,7 @@ class Job:
         if self.rank == 0:
             files.save_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state,
                             {"epoch": epoch, "losses": self.losses, "prune_reports": self.prune_reports,
-                             "sched": self.sched.state_dict()})
+                             "sched": self.sched.state_dict(), "dense_start": self.results.get("dense_start")})
         if self.world > 1:
             dist.barrier()
 
@@ -444,9 +458,24 @@ class Job:
         results["times"] = times
         if self.rank == 0:
             files.atomic_write_text(json.dumps(results, indent=2, default=str), self.out / "results.json")
+            if self.ckpt.exists() and not self.cfg.keep_checkpoint:   # only --resume needs it
+                self.ckpt.unlink()
+            (self.out / UNFINISHED).unlink(missing_ok=True)
             _summary(results)
         return {**results, "model": model, "tokenizer": self.tok, "wall_s": times["total_s"],
                 "peak_gb": results["peak_memory_gb"]}
+
+
+UNFINISHED = "UNFINISHED"      # in the output folder of a run that started and has not finished
+
+
+def resume_command(cfg):
+    return f"python train.py --config {Path(cfg.out) / 'config.json'} --resume"
+
+
+def _source(cfg, field):
+    """Where a capped value came from, for the lines that say what it leaves out."""
+    return f"{cfg.preset} preset" if PRESETS[cfg.preset].get(field) == getattr(cfg, field) else f"--{field}"
 
 
 def _log(*a):
@@ -466,11 +495,25 @@ def _summary(r):
           f"{c['epochs']} epochs) ===\nsparsity over the seven maps: {s['sparsity']:.4f}   peak memory "
           f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']})   total {r['times']['total_s']:.0f}s")
     if "final" in r:
-        start = r.get("dense_start", {}).get("metrics", {})
-        print(f"{'metric':<32}{'dense start':>12}{'sparse expert':>15}")
-        for k, v in r["final"]["metrics"].items():
-            print(f"{k:<32}{(f'{start[k]:.4f}' if k in start else '-'):>12}{v:>15.4f}")
+        start, final = r.get("dense_start") or {}, r["final"]
+        head = "dense LoRA" if c["method"] == "dense" else "sparse expert"
+        cells = {k: (E.metric_cell(k, start["metrics"][k], start.get("tasks")) if k in start.get("metrics", {})
+                     else "-", E.metric_cell(k, v, final.get("tasks"))) for k, v in final["metrics"].items()}
+        w = max([13] + [len(a) for a, _ in cells.values()]) + 2
+        print(f"{'metric':<32}{'dense start':>{w}}  {head}")
+        for k, (a, b) in cells.items():
+            print(f"{k:<32}{a:>{w}}  {b}")
     print(f"model: {Path(c['out']) / 'model'}   results: {Path(c['out']) / 'results.json'}")
+
+
+def interrupted(cfg):
+    """The one line Ctrl-C ends with: what was kept, and the command that resumes."""
+    ckpt = Path(cfg.out) / "checkpoint.safetensors"
+    if ckpt.exists():
+        kept = f"kept {ckpt} (after epoch {files.checkpoint_state(ckpt)['epoch'] + 1}/{cfg.epochs})"
+    else:
+        kept = "no checkpoint yet (one is written after each epoch): --resume starts over"
+    return f"train.py: interrupted; {kept}; resume: {resume_command(cfg)}"
 
 
 def main(argv=None):
@@ -482,6 +525,9 @@ def main(argv=None):
                 cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         try:
             return run(cfg)
+        except KeyboardInterrupt:
+            print(f"\n{interrupted(cfg)}", file=sys.stderr)    # after the ^C on the progress line
+            sys.exit(130)                                       # the shell's status for Ctrl-C
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Tests for compare.py (SPEC 9): the statistics helpers on cases with known answers, and the
+"""Tests for compare.py (method §9): the statistics helpers on cases with known answers, and the
 study driver on a tiny grid: cache and resume, a changed configuration refused, and the
 baselines' reuse of the dense LoRA model equal to train.run's own baseline.
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import compare  # noqa: E402
+from drivers import compare  # noqa: E402
 from conftest import words  # noqa: E402
 import eval as E  # noqa: E402
 import model as M  # noqa: E402
@@ -280,7 +280,7 @@ def test_s9_after_rows_prune_the_dense_model_once_with_foresight(study, monkeypa
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_s9_baseline_reuse_equals_train_run_after(study, tmp_path, method):
-    """SPEC 8 baseline_order "after": pruning the saved dense LoRA model of seed 1 gives the
+    """method §8 baseline_order "after": pruning the saved dense LoRA model of seed 1 gives the
     same weights, bit for bit (torch.equal), as train.run(method, baseline_order="after", seed 1):
     the same trained weights (saved and loaded in float32 with the same layout), the same
     calibration windows and PruneOptions, one efx.prune call; B = 0 after the merge, so the

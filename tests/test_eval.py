@@ -1,4 +1,4 @@
-"""Tests of eval.py (SPEC section 9) on hand-built fakes and, when model.py exists, a tiny
+"""Tests of eval.py (method §9) on hand-built fakes and, when model.py exists, a tiny
 Transformer. Every expected number is derived by hand in the comments."""
 import json
 import math
@@ -447,6 +447,22 @@ def test_s9_collapse_warning():
     assert ev.label_report("t", ten, [0] * 8 + [1] * 2, quiet)["collapse"] is None
     assert ev.label_report("t", qa([("q0", 0)] * 10), [0] * 10, quiet)["collapse"] is None
     assert ev.label_report("t", ten[1:], [0] * 9, quiet)["collapse"] is None
+
+
+def test_s9_collapse_is_marked_in_the_table_row():
+    """The final table marks a collapsed task's accuracy with the label and the test set's
+    majority-label rate; a task that did not collapse shows the plain value."""
+    exs = qa([("q0", 0)] * 4 + [("q1", 0)] * 3 + [("q1", 1)] * 2 + [("q2", 1)] * 3)
+    res = ev.evaluate(prefers([0, 0, 0]), WTOK, {"pqa": exs}, log=lambda *_: None)
+    assert res["tasks"]["pqa"]["majority"] == 7 / 12
+    table = ev.markdown_table([{"name": "run", **res}], list(res["metrics"]))
+    assert f"{7 / 12:.4f} (all 'yes'; majority 0.583)" in table
+    assert ev.metric_cell("pqa/macro_f1", 0.5, res["tasks"]) == "0.5000"       # only accuracy is marked
+    fine = ev.evaluate(prefers([0, 1, 2]), WTOK, {"pqa": exs}, log=lambda *_: None)
+    assert ev.metric_cell("pqa/accuracy", 0.5, fine["tasks"]) == "0.5000"
+    recs = res["predictions"]
+    assert [r["prediction_text"] for r in recs] == [exs[0]["choices"][0]] * 12
+    assert [r["label_text"] for r in recs] == [ex["choices"][ex["label"]] for ex in exs]
 
 
 def test_s9_run_name():

@@ -1,5 +1,5 @@
 """Tests of model.py: components against naive references, checkpoint I/O, generation, LoRA
-(SPEC section 2 and (E0)), loader errors. Tiny configs from conftest.py, CPU, a few seconds."""
+(method §2 and (E0)), loader errors. Tiny configs from conftest.py, CPU, a few seconds."""
 import json
 import math
 import shutil
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import files
+from support import files
 import model as M
 from conftest import FAMILIES
 
@@ -25,7 +25,7 @@ def _max_diff(a, b):
 
 # ------------------------------------------------------------------------ components
 def test_s2_rmsnorm_matches_formula():
-    """SPEC 2: y = w * x / sqrt(mean(x^2) + eps), statistics in float32, result cast back."""
+    """method §2: y = w * x / sqrt(mean(x^2) + eps), statistics in float32, result cast back."""
     norm = M.RMSNorm(64, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(64))
@@ -48,7 +48,7 @@ def test_s2_rmsnorm_eps_inside_the_root_at_small_scale():
 
 
 def test_s2_rope_matches_2x2_rotation_per_frequency(tiny):
-    """SPEC 2 rotate-half RoPE: the pair (x_i, x_{i+D/2}) rotates by pos * theta^(-2i/D)."""
+    """method §2 rotate-half RoPE: the pair (x_i, x_{i+D/2}) rotates by pos * theta^(-2i/D)."""
     cfg = tiny()
     model = M.Transformer(cfg)
     D, T, start = cfg.head_dim, 6, 3
@@ -65,7 +65,7 @@ def test_s2_rope_matches_2x2_rotation_per_frequency(tiny):
 
 
 def test_s2_llama3_rope_scaling_matches_formula(tiny):
-    """SPEC 2 llama3 scaling: short wavelengths kept, long ones / factor, smooth blend between."""
+    """method §2 llama3 scaling: short wavelengths kept, long ones / factor, smooth blend between."""
     s = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
              original_max_position_embeddings=64)
     cfg = tiny(hidden_size=256, num_attention_heads=4, rope_theta=500000.0, rope_scaling=s)
@@ -110,7 +110,7 @@ def _attention_reference(attn, x, cos, sin):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_s2_gqa_sdpa_matches_per_head_masked_softmax(make_model, family):
-    """SPEC 1/2: query head h reads kv head floor(h/g); SDPA(is_causal) == masked softmax."""
+    """method §1/2: query head h reads kv head floor(h/g); SDPA(is_causal) == masked softmax."""
     model = make_model(**FAMILIES[family])
     attn = model.model.layers[0].self_attn
     x = torch.randn(2, 7, model.config.hidden_size)
@@ -138,7 +138,7 @@ def test_s2_sdpa_with_cache_offset_matches_masked_softmax(make_model):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("tied", [False, True])
 def test_s2_save_load_identical_logits(make_ckpt, family, tied):
-    """SPEC 2: save_model -> load_model reproduces the logits exactly; a tied head is stored
+    """method §2: save_model -> load_model reproduces the logits exactly; a tied head is stored
     once (no lm_head.weight, HF convention) and comes back tied."""
     path, model = make_ckpt(**{**FAMILIES[family], "tie_word_embeddings": tied})
     loaded = M.load_model(path)
@@ -157,7 +157,7 @@ def test_s2_save_load_identical_logits(make_ckpt, family, tied):
 
 
 def test_s2_sharded_load_equals_single_file(tiny_ckpt):
-    """SPEC 2: shards + model.safetensors.index.json load like one model.safetensors."""
+    """method §2: shards + model.safetensors.index.json load like one model.safetensors."""
     single, model = tiny_ckpt
     sharded = single.parent / "sharded"
     shutil.copytree(single, sharded)
@@ -187,7 +187,7 @@ def test_s2_bf16_load_works(tiny_ckpt):
 
 
 def test_s2_both_config_dialects_load_alike(tiny):
-    """SPEC 2: top-level rope_theta/rope_scaling/torch_dtype == rope_parameters/dtype."""
+    """method §2: top-level rope_theta/rope_scaling/torch_dtype == rope_parameters/dtype."""
     s = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
              original_max_position_embeddings=64)
     old = {**tiny().to_hf(), "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **s},
@@ -368,7 +368,7 @@ def _full_logits_loss(model, ids, labels, n):
 @pytest.mark.parametrize("frozen_head", [True, False])
 def test_s8_loss_at_supervised_positions_equals_full_logits(make_model, chunk, frozen_head,
                                                            monkeypatch):
-    """SPEC 8 completion-only loss: model(ids, labels=, n_tokens=) (labels shifted, lm_head and
+    """method §8 completion-only loss: model(ids, labels=, n_tokens=) (labels shifted, lm_head and
     CE only where a label is, in chunks) equals CE over all shifted logits / n, value and
     gradient; prompt rows, padding, a row with no label at all and chunk edges included."""
     ig = M.IGNORE
@@ -400,7 +400,7 @@ def test_s8_loss_at_supervised_positions_equals_full_logits(make_model, chunk, f
 
 
 def test_e0_lora_dropout_is_bernoulli_scaled(make_model):
-    """SPEC (E0) drop(x): each entry zero with probability p, else x / (1 - p), independently;
+    """method (E0) drop(x): each entry zero with probability p, else x / (1 - p), independently;
     the gradient takes the same mask; eval mode is the identity; same seed, same mask."""
     p, x = 0.1, torch.randn(400, 500, requires_grad=True)
     drop = M.Dropout(p).train()
@@ -416,6 +416,19 @@ def test_e0_lora_dropout_is_bernoulli_scaled(make_model):
     assert torch.equal(drop.eval()(x), x)
     seeded = [(torch.manual_seed(3), M.Dropout(p).train()(torch.ones(50, 60)))[1] for _ in "ab"]
     assert torch.equal(*seeded)
+
+
+def test_e0_lora_dropout_rate_is_p_at_every_position():
+    """The CPU dropout draws gaps between zeros; each position must be zero with probability p
+    (not only on average): over 4000 draws every column's rate lies within 5 sigma of p, and
+    the first and last positions (where gap drawing starts and stops) are not special."""
+    p, n, draws = 0.2, 64, 4000
+    torch.manual_seed(0)
+    drop = M.Dropout(p).train()
+    zeros = torch.stack([drop(torch.ones(n)) == 0 for _ in range(draws)]).float().mean(0)   # (n,)
+    tol = 5 * math.sqrt(p * (1 - p) / draws)
+    assert (zeros - p).abs().max().item() < tol, zeros
+    assert abs(zeros[0].item() - p) < tol and abs(zeros[-1].item() - p) < tol
 
 
 def test_s2_save_model_refuses_unmerged_adapters(make_model, tmp_path):

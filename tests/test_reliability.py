@@ -5,7 +5,7 @@ Each case asserts the error message or the intact state, on tiny random checkpoi
 
 * CLIs (`python train.py | prune.py | eval.py`): one process per case, table CLI_CASES. Paying
   the ~2 s torch import once instead of per case, a driver process imports the modules and
-  forks one child per case; the child sets sys.argv, runs the script as __main__ (runpy) and
+  forks one child per case; the child sets sys.argv, runs the module as __main__ (runpy, as `python -m`) and
   treats what reaches the top level as the interpreter does (SystemExit: message and status;
   any other exception: sys.excepthook's traceback, status 1). Argument cases point --model at
   a directory without weights ("noweights"): getting the expected message, not "no
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from conftest import random_model, tiny_config, words, write_tokenizer  # noqa: E402
 import efx  # noqa: E402
-import files
+from support import files
 import model as M  # noqa: E402
 import train  # noqa: E402
 
@@ -172,121 +172,128 @@ EVAL = "--model {noweights} --tasks {tasks} --seqlen 16 --device cpu --out {dir}
 # "<script>: error: "). Exit 1: our one-line errors; 2: argparse (usage line + error).
 CLI_CASES = [
     # -- arguments, checked before any weight is read
-    ("train-sparsity-1", "train.py", TRAIN + " --sparsity 1.0", 1,
+    ("train-sparsity-1", "train", TRAIN + " --sparsity 1.0", 1,
      r"sparsity must be in \[0, 1\), got 1\.0"),
-    ("train-sparsity-neg", "train.py", TRAIN + " --sparsity -0.1", 1,
+    ("train-sparsity-neg", "train", TRAIN + " --sparsity -0.1", 1,
      r"sparsity must be in \[0, 1\), got -0\.1"),
-    ("train-nm-n-ge-m", "train.py", TRAIN + " --nm 4:4", 1, r"nm=4:4: expected 0 < N < M"),
-    ("train-nm-format", "train.py", TRAIN + " --nm 2-4", 1, r"nm must look like '2:4'"),
-    ("train-nm-width", "train.py", TRAIN + " --nm 2:3", 1,
+    ("train-nm-n-ge-m", "train", TRAIN + " --nm 4:4", 1, r"nm=4:4: expected 0 < N < M"),
+    ("train-nm-format", "train", TRAIN + " --nm 2-4", 1, r"nm must look like '2:4'"),
+    ("train-nm-width", "train", TRAIN + " --nm 2:3", 1,
      r"hidden_size\) has 64 columns, not divisible by M=3"),
-    ("train-rank-0", "train.py", TRAIN + " --lora_r 0", 1, r"lora_r must be > 0, got 0"),
-    ("train-rank-neg", "train.py", TRAIN + " --lora_r -8", 1, r"lora_r must be > 0, got -8"),
-    ("train-method", "train.py", TRAIN + " --method pruneall", 1,
+    ("train-rank-0", "train", TRAIN + " --lora_r 0", 1, r"lora_r must be > 0, got 0"),
+    ("train-rank-neg", "train", TRAIN + " --lora_r -8", 1, r"lora_r must be > 0, got -8"),
+    ("train-method", "train", TRAIN + " --method pruneall", 1,
      r"method must be one of .*'pruneall'"),
-    ("train-fs-variant", "train.py", TRAIN + " --foresight_variant exact", 1,
+    ("train-fs-variant", "train", TRAIN + " --foresight_variant exact", 1,
      r"foresight_variant='exact', expected one of"),
-    ("train-pbs-variant", "train.py", TRAIN + " --pbs_variant exact", 1,
+    ("train-pbs-variant", "train", TRAIN + " --pbs_variant exact", 1,
      r"pbs_variant='exact', expected one of"),
-    ("train-model-missing", "train.py", TRAIN + " --model {dir}/nowhere", 1,
+    ("train-model-missing", "train", TRAIN + " --model {dir}/nowhere", 1,
      r"model: path '.*nowhere' does not exist"),
-    ("train-data-missing", "train.py", TRAIN + " --train {dir}/no.jsonl", 1,
+    ("train-data-missing", "train", TRAIN + " --train {dir}/no.jsonl", 1,
      r"train: path '.*no\.jsonl' does not exist"),
-    ("train-calib-missing", "train.py", TRAIN + " --calib {dir}/no.txt", 1,
+    ("train-calib-missing", "train", TRAIN + " --calib {dir}/no.txt", 1,
      r"calib: path '.*no\.txt' does not exist"),
     # -- data, read before the weights
-    ("train-jsonl-bad-line", "train.py", TRAIN + " --train {badline}", 1,
+    ("train-jsonl-bad-line", "train", TRAIN + " --train {badline}", 1,
      r"badline\.jsonl:2: field '<json>': invalid JSON"),
-    ("train-jsonl-no-field", "train.py", TRAIN + " --train {nofield}", 1,
+    ("train-jsonl-no-field", "train", TRAIN + " --train {nofield}", 1,
      r"nofield\.jsonl:1: field 'completion': expected a string"),
-    ("train-jsonl-empty", "train.py", TRAIN + " --train {empty}", 1,
+    ("train-jsonl-empty", "train", TRAIN + " --train {empty}", 1,
      r"empty\.jsonl: 0 examples, fewer than one batch of 4"),
-    ("train-calib-empty", "train.py", TRAIN + " --calib {empty_calib}", 1,
+    ("train-calib-empty", "train", TRAIN + " --calib {empty_calib}", 1,
      r"calib .*empty_calib\.txt: .*corpus has 0 tokens"),
-    ("train-vocab", "train.py", TRAIN + " --model {bigvocab}", 1,
+    ("train-vocab", "train", TRAIN + " --model {bigvocab}", 1,
      r"tokenizer\.json: 160 tokens do not fit the model's vocab_size=128"),
     # -- checkpoints
-    ("train-pickle-only", "train.py", TRAIN + " --model {pickle_only}", 1,
+    ("train-pickle-only", "train", TRAIN + " --model {pickle_only}", 1,
      r"no model\.safetensors.*\['pytorch_model\.bin'\].*only safetensors"),
-    ("train-truncated", "train.py", TRAIN + " --model {truncated}", 1,
+    ("train-truncated", "train", TRAIN + " --model {truncated}", 1,
      r"model\.safetensors: not a valid safetensors file"),
-    ("train-config", "train.py", TRAIN + " --model {badconfig}", 1,
+    ("train-config", "train", TRAIN + " --model {badconfig}", 1,
      r"config\.json: unsupported hidden_act: 'gelu'"),
-    ("train-tokenizer-missing", "train.py", TRAIN + " --model {notok}", 1,
+    ("train-tokenizer-missing", "train", TRAIN + " --model {notok}", 1,
      r"notok/tokenizer\.json: no such file"),
-    ("train-tokenizer-damaged", "train.py", TRAIN + " --model {badtok}", 1,
+    ("train-tokenizer-damaged", "train", TRAIN + " --model {badtok}", 1,
      r"badtok/tokenizer\.json: not a valid tokenizers file"),
-    ("train-tokenizer-config-damaged", "train.py", TRAIN + " --model {badtokcfg}", 1,
+    ("train-tokenizer-config-damaged", "train", TRAIN + " --model {badtokcfg}", 1,
      r"badtokcfg/tokenizer_config\.json: not valid JSON"),
-    ("train-resume-corrupt", "train.py", TRAIN + " --model {ck} --resume --out {corrupt_out}", 1,
+    ("train-resume-corrupt", "train", TRAIN + " --model {ck} --resume --out {corrupt_out}", 1,
      r"checkpoint\.safetensors: not a readable checkpoint"),
     # -- prune.py
-    ("prune-sparsity-1", "prune.py", PRUNE + " --sparsity 1.0", 1,
+    ("prune-sparsity-1", "drivers.prune", PRUNE + " --sparsity 1.0", 1,
      r"sparsity must be in \[0, 1\), got 1\.0"),
-    ("prune-sparsity-neg", "prune.py", PRUNE + " --sparsity -0.5", 1,
+    ("prune-sparsity-neg", "drivers.prune", PRUNE + " --sparsity -0.5", 1,
      r"sparsity must be in \[0, 1\), got -0\.5"),
-    ("prune-nm-n-ge-m", "prune.py", PRUNE + " --nm 4:2", 1, r"nm=4:2: expected 0 < N < M"),
-    ("prune-nm-width", "prune.py", PRUNE + " --nm 2:3", 1,
+    ("prune-nm-n-ge-m", "drivers.prune", PRUNE + " --nm 4:2", 1, r"nm=4:2: expected 0 < N < M"),
+    ("prune-nm-width", "drivers.prune", PRUNE + " --nm 2:3", 1,
      r"hidden_size\) has 64 columns, not divisible by M=3"),
-    ("prune-method", "prune.py", PRUNE + " --method random", 1, r"method='random', expected one of"),
-    ("prune-fs-variant", "prune.py", PRUNE + " --method foresight --foresight_variant exact", 1,
+    ("prune-method", "drivers.prune", PRUNE + " --method random", 1, r"method='random', expected one of"),
+    ("prune-fs-variant", "drivers.prune", PRUNE + " --method foresight --foresight_variant exact", 1,
      r"foresight_variant='exact'"),
-    ("prune-per", "prune.py", PRUNE + " --per column", 1, r"per='column', expected one of"),
-    ("prune-nsamples-0", "prune.py", PRUNE + " --nsamples 0", 1,
+    ("prune-per", "drivers.prune", PRUNE + " --per column", 1, r"per='column', expected one of"),
+    ("prune-nsamples-0", "drivers.prune", PRUNE + " --nsamples 0", 1,
      r"nsamples, batch_size and eval_windows must be >= 1"),
-    ("prune-model-missing", "prune.py", PRUNE + " --model {dir}/nowhere", 1,
+    ("prune-model-missing", "drivers.prune", PRUNE + " --model {dir}/nowhere", 1,
      r"model: path '.*nowhere' does not exist"),
-    ("prune-calib-missing", "prune.py", PRUNE + " --calib {dir}/no.txt", 1,
+    ("prune-calib-missing", "drivers.prune", PRUNE + " --calib {dir}/no.txt", 1,
      r"calib: path '.*no\.txt' does not exist"),
-    ("prune-vocab", "prune.py", PRUNE + " --model {bigvocab}", 1,
+    ("prune-vocab", "drivers.prune", PRUNE + " --model {bigvocab}", 1,
      r"160 tokens do not fit the model's vocab_size=128"),
-    ("prune-pickle-only", "prune.py", PRUNE + " --model {pickle_only}", 1, r"only safetensors"),
-    ("prune-tokenizer-damaged", "prune.py", PRUNE + " --model {badtok}", 1,
+    ("prune-pickle-only", "drivers.prune", PRUNE + " --model {pickle_only}", 1, r"only safetensors"),
+    ("prune-tokenizer-damaged", "drivers.prune", PRUNE + " --model {badtok}", 1,
      r"badtok/tokenizer\.json: not a valid tokenizers file"),
-    ("prune-truncated", "prune.py", PRUNE + " --model {truncated}", 1,
+    ("prune-truncated", "drivers.prune", PRUNE + " --model {truncated}", 1,
      r"model\.safetensors: not a valid safetensors file"),
     # -- eval.py, compare.py
-    ("eval-model-missing", "eval.py", EVAL + " --model {dir}/nowhere", 1,
+    ("eval-model-missing", "eval", EVAL + " --model {dir}/nowhere", 1,
      r"model: path '.*nowhere' does not exist"),
-    ("eval-tasks-missing", "eval.py", EVAL + " --tasks {dir}/no.jsonl", 1,
+    ("eval-tasks-missing", "eval", EVAL + " --tasks {dir}/no.jsonl", 1,
      r"tasks: path '.*no\.jsonl' does not exist"),
-    ("eval-mode", "eval.py", EVAL + " --mode vote", 1, r"mode='vote', expected one of"),
-    ("eval-seqlen", "eval.py", EVAL + " --seqlen 1", 1, r"need seqlen >= 2, .*got 1"),
-    ("eval-max-examples", "eval.py", EVAL + " --max_examples -1", 1,
+    ("eval-mode", "eval", EVAL + " --mode vote", 1, r"mode='vote', expected one of"),
+    ("eval-seqlen", "eval", EVAL + " --seqlen 1", 1, r"need seqlen >= 2, .*got 1"),
+    ("eval-max-examples", "eval", EVAL + " --max_examples -1", 1,
      r"max_examples and ppl_max_windows >= 0, .*got 16, -1"),
-    ("eval-flag-typo", "eval.py", EVAL + " --max-examples 3", 2, r"unrecognized arguments: --max-examples"),
-    ("compare-sparsity", "compare.py", "--domain med --sparsity 0.5 1.0 --out {dir}/cmp", 1,
+    ("eval-flag-typo", "eval", EVAL + " --max-examples 3", 2, r"unrecognized arguments: --max-examples"),
+    ("compare-sparsity", "drivers.compare", "--domain med --sparsity 0.5 1.0 --out {dir}/cmp", 1,
      r"sparsity and curve values must be in \[0, 1\) and distinct, got \[0\.5, 1\.0\], \[\]"),
-    ("compare-curve", "compare.py", "--domain med --sparsity 0.5 --curve 0.5 --out {dir}/cmp", 1,
+    ("compare-curve", "drivers.compare", "--domain med --sparsity 0.5 --curve 0.5 --out {dir}/cmp", 1,
      r"sparsity and curve values must be .* distinct, got \[0\.5\], \[0\.5\]"),
-    ("eval-vocab", "eval.py", EVAL + " --model {bigvocab}", 1,
+    ("eval-vocab", "eval", EVAL + " --model {bigvocab}", 1,
      r"160 tokens do not fit the model's vocab_size=128"),
-    ("eval-tasks-bad-line", "eval.py", EVAL + " --tasks {badline}", 1,
+    ("eval-tasks-bad-line", "eval", EVAL + " --tasks {badline}", 1,
      r"badline\.jsonl:2: field '<json>'"),
-    ("eval-tasks-empty", "eval.py", EVAL + " --tasks {empty}", 1, r"empty\.jsonl: no examples"),
-    ("eval-pickle-only", "eval.py", EVAL + " --model {pickle_only}", 1, r"only safetensors"),
-    ("eval-truncated", "eval.py", EVAL + " --model {truncated}", 1,
+    ("eval-tasks-empty", "eval", EVAL + " --tasks {empty}", 1, r"empty\.jsonl: no examples"),
+    ("eval-pickle-only", "eval", EVAL + " --model {pickle_only}", 1, r"only safetensors"),
+    ("eval-truncated", "eval", EVAL + " --model {truncated}", 1,
      r"model\.safetensors: not a valid safetensors file"),
-    ("eval-tokenizer-missing", "eval.py", EVAL + " --model {notok}", 1,
+    ("eval-tokenizer-missing", "eval", EVAL + " --model {notok}", 1,
      r"notok/tokenizer\.json: no such file"),
-    ("data-convert-malformed", "data.py", "convert --format pubmedqa --src {badpqa} "
+    ("data-convert-malformed", "data", "convert --format pubmedqa --src {badpqa} "
      "--dst {dir}/pqa.jsonl", 1, r"ori_pqal\.json:1: field '123\.QUESTION': expected str, got int"),
-    ("data-convert-no-format", "data.py", "convert --src {badpqa} --dst {dir}/pqa.jsonl", 1,
+    ("data-convert-no-format", "data", "convert --src {badpqa} --dst {dir}/pqa.jsonl", 1,
      r"convert needs --format"),
-    ("eval-config", "eval.py", EVAL + " --model {badconfig}", 1,
+    ("data-convert-unknown-format", "data", "convert --format nosuchformat --src {badpqa} "
+     "--dst {dir}/pqa.jsonl", 1, r"unknown --format 'nosuchformat'"),
+    ("data-convert-missing-src", "data", "convert --format pubmedqa --src {dir}/none.json "
+     "--dst {dir}/pqa.jsonl", 1, r"none\.json: no such file"),
+    ("data-convert-dst-exists", "data", "convert --format pubmedqa --src {badpqa} --dst {calib}", 1,
+     r"calib\.txt exists .*--overwrite"),
+    ("eval-config", "eval", EVAL + " --model {badconfig}", 1,
      r"config\.json: unsupported hidden_act"),
 ]
 # Runs that must succeed on a checkpoint asking for remote code (auto_map, modeling_*.py).
 CLI_OK = [
-    ("train-untrusted-dir", "train.py", TRAIN + " --model {evil} --method wanda"),
-    ("prune-untrusted-dir", "prune.py", PRUNE + " --model {evil} --save {dir}/prune_saved"),
-    ("eval-untrusted-dir", "eval.py", EVAL + " --model {evil} --ppl_file {calib}"),
+    ("train-untrusted-dir", "train", TRAIN + " --model {evil} --method wanda"),
+    ("prune-untrusted-dir", "drivers.prune", PRUNE + " --model {evil} --save {dir}/prune_saved"),
+    ("eval-untrusted-dir", "eval", EVAL + " --model {evil} --ppl_file {calib}"),
 ]
 
 DRIVER = """\
 import json, os, runpy, sys
 sys.path.insert(0, {repo!r})
-import torch, compare, data, efx, eval, model, prune, train       # imported once; each case forks from here
+import torch, data, efx, eval, model, train       # imported once; each case forks from here
+from drivers import compare, prune
 with torch.device("meta"):     # load_model's first meta-device init imports torch._dynamo
     torch.nn.Embedding(2, 2)   # (~1.5 s): done once here too
 codes = []
@@ -298,8 +305,8 @@ for i, (script, argv) in enumerate(json.load(open({cases!r}))):
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         sys.argv = [script, *argv]
-        try:         # what the interpreter does with what reaches the top level
-            runpy.run_path(os.path.join({repo!r}, script), run_name="__main__")
+        try:         # `python -m <module>`: what the interpreter does with what reaches the top level
+            runpy.run_module(script, run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
@@ -345,7 +352,7 @@ def test_s11_cli_bad_input_one_line_error(cli, case):
     assert "Traceback" not in out, out[-3000:]
     assert code == status, f"exit status {code}, expected {status}:\n{out[-2000:]}"
     last = out.strip().splitlines()[-1]
-    assert last.startswith(f"{script}: error: "), last
+    assert last.startswith(f"{script.split('.')[-1]}.py: error: "), last
     assert re.search(words, last), f"{last!r} does not match {words!r}"
 
 
@@ -509,7 +516,7 @@ def test_s11_long_examples_cut_and_counted_in_results(tmp_path, world, capsys):
                    nsamples=2, seqlen=16, max_len=16, eval=False, device="cpu", out=str(out)))
     saved = json.loads((out / "results.json").read_text())
     assert saved["truncation"] == {"examples": 8, "prompt_cut": 2, "completion_cut": 2}
-    assert ("max_len=16 (default preset): 2 prompts (25%) and 2 completions of 8 examples are cut; "
+    assert ("max_len=16 (--max_len): 2 prompts (25%) and 2 completions of 8 examples are cut; "
             "--max_len 45 keeps every example whole") in capsys.readouterr().out      # 40 + 3 words, BOS, EOS
 
 

@@ -1,8 +1,8 @@
-"""Tests for train.py (SPEC section 8): the pruning schedule (compensation, sparsity ramp, probe
+"""Tests for train.py (method §8): the pruning schedule (compensation, sparsity ramp, probe
 losses), exact final sparsity, the completion-only loss, bit-identical resume, 2-process gloo DDP, and the CLI.
 
 Every run is a real `train.run` on a tiny random checkpoint (conftest: 2 layers, hidden 64,
-vocab 128, word-level tokenizer), 8 JSONL examples of the SPEC section 10 schema (batch 4:
+vocab 128, word-level tokenizer), 8 JSONL examples of the method §10 schema (batch 4:
 2 optimizer steps per epoch), a calibration text file of tiny windows (2 x 16 tokens), eval
 off, on CPU. The DDP test launches `torchrun --nproc_per_node=2 train.py`-style workers in a
 subprocess (gloo). Run: python -m pytest -q tests/test_train.py
@@ -13,19 +13,21 @@ import os
 import random
 import re
 import socket
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data  # noqa: E402
 import efx  # noqa: E402
-import files  # noqa: E402
+from support import files  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
 from conftest import words  # noqa: E402
@@ -139,7 +141,7 @@ def test_s8_prune_calls_in_run(base, monkeypatch, over, tags, calls):
     (dict(epochs=2, prune_every_steps=1), [0, 14, 14, 0]),
 ])
 def test_e7_score_store_held_only_for_a_later_average(base, monkeypatch, over, held):
-    """SPEC (E7): the score averages (one per pruned weight, float32 on CPU) are kept after a
+    """method (E7): the score averages (one per pruned weight, float32 on CPU) are kept after a
     call only when a later intermediate call averages with them; the final call never does.
     held: stored scores (2 layers x 7 maps) each efx.prune call finds when it starts, and the
     checkpoint after the last epoch holds none."""
@@ -149,7 +151,7 @@ def test_e7_score_store_held_only_for_a_later_average(base, monkeypatch, over, h
         seen.append(len(kw["score_state"]))
         return real(model, calib_ids, **kw)
     monkeypatch.setattr(efx, "prune", prune)
-    train.run(base(**over))
+    train.run(base(keep_checkpoint=True, **over))
     assert seen == held
     ckpt = load_file(Path(base()["out"]) / "checkpoint.safetensors")
     assert not [k for k in ckpt if k.startswith("score.")]
@@ -165,7 +167,7 @@ def test_e7_score_store_held_only_for_a_later_average(base, monkeypatch, over, h
 ])
 def test_e8_exact_final_sparsity_per_row(base, tiny_ckpt, over, zeros_per_row):
     """Every row of every one of the seven maps of the saved model has exactly floor(rho n)
-    zeros (SPEC (E8)); every other tensor is the starting checkpoint's, untouched."""
+    zeros (method (E8)); every other tensor is the starting checkpoint's, untouched."""
     res = train.run(base(**over))
     maps = saved_maps(res["config"]["out"])
     assert len(maps) == 7 * 2
@@ -414,9 +416,9 @@ def test_s8_own_train_and_test_files_print_the_table(base, tmp_path, capsys):
                                              "choices": [" w1", " w2"], "label": i % 2}) + "\n" for i in range(6)))
     res = train.run(base("own", epochs=1, max_train=4, max_len=8, eval=True, eval_max=4, test=[str(test_file)]))
     out = capsys.readouterr().out
-    assert "max_train=4 (default preset): a seeded 4 of the 8 training examples are used" in out
-    assert "eval_max=4 (default preset): only the first 4 items of mytask (6) are tested" in out
-    cut = re.search(r"max_len=8 \(default preset\): (\d+) prompts \((\d+)%\).* --max_len (\d+) keeps", out)
+    assert "max_train=4 (--max_train): a seeded 4 of the 8 training examples are used" in out
+    assert "eval_max=4 (--eval_max): only the first 4 items of mytask (6) are tested" in out
+    cut = re.search(r"max_len=8 \(--max_len\): (\d+) prompts \((\d+)%\).* --max_len (\d+) keeps", out)
     assert cut and int(cut[1]) == res["truncation"]["prompt_cut"] > 0
     table = out[out.index("metric"):]
     assert re.search(r"mytask/accuracy\s+\d\.\d{4}\s+\d\.\d{4}", table)
@@ -430,11 +432,11 @@ def test_s8_own_train_and_test_files_print_the_table(base, tmp_path, capsys):
     assert "no --test files" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("script", ["train", "prune"])
+@pytest.mark.parametrize("script", ["train", "drivers.prune"])
 def test_s8_help_lists_every_field_with_meaning_and_default(script, capsys):
     """--help: every config field as a flag, with its comment and its default (the default
     preset's value where one is set); a '%' in a comment does not break argparse."""
-    mod = __import__(script)
+    mod = importlib.import_module(script)
     cls = train.TrainConfig if script == "train" else mod.PruneConfig
     with pytest.raises(SystemExit) as e:
         mod.main(["--help"])
@@ -475,3 +477,95 @@ def test_s8_prune_options_carry_the_run_config():
                                                            "paper", True, True, 7, 0.4)
     o = train.prune_options(c, "wanda", 0.5)
     assert (o.pbs, o.reconstruct, o.average, o.seed) == (False, "none", False, 0)
+
+
+# ----------------------------------------------------------------------------- the run's own truth (issue 20)
+
+def test_s8_resume_with_averaged_scores_bit_identical(base, monkeypatch):
+    """The checkpoint after epoch 1 holds the E7 score of the call at step 1; --resume must
+    restore it, so the call at step 2 averages with it exactly as the uninterrupted run does."""
+    over = dict(epochs=3, prune_every_steps=1, lora_dropout=0.1, mask_lr=0.3)
+    full = train.run(base("full", **over))
+    real = files.save_checkpoint
+
+    def crash_after_first(*a, **kw):
+        real(*a, **kw)
+        raise _Stop
+    monkeypatch.setattr(files, "save_checkpoint", crash_after_first)
+    with pytest.raises(_Stop):
+        train.run(base("cut", **over))
+    monkeypatch.setattr(files, "save_checkpoint", real)
+    ckpt = Path(base("cut")["out"]) / "checkpoint.safetensors"
+    with safe_open(str(ckpt), "pt") as f:
+        assert any(k.startswith("score.") for k in f.keys()), "the checkpoint must hold E7 scores"
+    resumed = train.run(base("cut", resume=True, **over))
+    assert resumed["losses"] == full["losses"]
+    a = load_file(Path(base("full")["out"]) / "model" / "model.safetensors")
+    b = load_file(Path(base("cut")["out"]) / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k}: max abs diff {(a[k] - b[k]).abs().max().item():.3g}"
+
+
+def _test_file(tmp_path):
+    rng = random.Random(1)
+    rows = [{"prompt": words(rng, 5), "completion": " w1" if i % 2 == 0 else " w2", "choices": [" w1", " w2"],
+             "label": i % 2} for i in range(4)]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_s8_interrupted_run_marks_its_folder_and_resume_keeps_dense_start(base, tmp_path, monkeypatch):
+    """An interrupted run keeps its checkpoint, config.json and an UNFINISHED file; --resume
+    brings back the dense-start results; the finished run deletes checkpoint and marker."""
+    over = dict(eval=True, test=[_test_file(tmp_path)], epochs=2)
+    real = files.save_checkpoint
+
+    def crash_after_first(*a, **kw):
+        real(*a, **kw)
+        raise _Stop
+    monkeypatch.setattr(files, "save_checkpoint", crash_after_first)
+    with pytest.raises(_Stop):
+        train.run(base("cut", **over))
+    monkeypatch.setattr(files, "save_checkpoint", real)
+    out = Path(base("cut")["out"])
+    assert (out / "checkpoint.safetensors").exists() and (out / train.UNFINISHED).exists()
+    assert "--resume" in (out / train.UNFINISHED).read_text()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["resume"] is False
+    first = json.loads((out / "predictions_dense_start.jsonl").read_text().splitlines()[0])
+    res = train.run(base("cut", resume=True, **over))
+    assert res["dense_start"] is not None
+    assert res["dense_start"]["metrics"]["test/accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert first["label_text"] in (" w1", " w2")
+    assert not (out / "checkpoint.safetensors").exists() and not (out / train.UNFINISHED).exists()
+    kept = train.run(base("kept", keep_checkpoint=True, **over))
+    assert (Path(kept["config"]["out"]) / "checkpoint.safetensors").exists()
+
+
+def test_s8_ctrl_c_ends_with_one_line_saying_what_was_kept(base, monkeypatch, capsys):
+    """KeyboardInterrupt in the second epoch: exit status 130 and one line naming the kept
+    checkpoint and the command that resumes; no traceback."""
+    cfg = base("cc", epochs=2)
+    calls = {"n": 0}
+    real = train.Job.train_step
+
+    def step(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 3:                 # the first step of epoch 2 (2 steps per epoch)
+            raise KeyboardInterrupt
+        return real(self, *a)
+    monkeypatch.setattr(train.Job, "train_step", step)
+    argv = [x for k, v in cfg.items() for x in (f"--{k}", str(v))]
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "after epoch 1/2" in err
+    assert f"python train.py --config {Path(cfg['out']) / 'config.json'} --resume" in err
+
+
+def test_s8_dense_refuses_a_sparsity_it_would_ignore():
+    with pytest.raises(ValueError, match="dense is not pruned"):
+        train.parse_args(["--method", "dense", "--sparsity", "0.5"])
+    assert train.parse_args(["--method", "dense"]).method == "dense"

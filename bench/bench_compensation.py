@@ -5,7 +5,7 @@ Issue 15's measurement (a script, not a test), on the default model (SmolLM2-135
      one ForeSight call (E6, 50 %, 8 x 256 calibration tokens of the general corpus, as the
      default preset; --nsamples / --seqlen) per compensation, each on a fresh copy of the
      same fine-tuned model:
-       none, E14 paper, E14 code (PBS as published; SPEC 7 note: no gain after the merge),
+       none, E14 paper, E14 code (PBS as published; method §7 note: no gain after the merge),
        E15 (Gram PBS), E16 (OBS reconstruction), E15 + E16.
      Per row: relative logit error against the pre-call model ||z - z0|| / ||z0|| on
      held-out `med` text, the perplexity there right after the call, and the call time.
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-import assets
+from support import assets
 import data
 import efx
 import eval as ev
-import files
+from support import files
 import model as M
 import train
 

@@ -1,6 +1,6 @@
 """prune.py: one-shot pruning of a checkpoint with efx, and its perplexity before and after.
 
-No fine-tuning: calibrate (SPEC section 3), score (E2, E3, E5/E6 or E11), select the mask
+No fine-tuning: calibrate (method §3), score (E2, E3, E5/E6 or E11), select the mask
 (E8-E10), optionally reconstruct the kept weights (E16), on held-out text of the general
 corpus (or --eval_text). Every field of PruneConfig is a flag; `--help` lists them.
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-import cli
-import assets
+from support import cli
+from support import assets
 import data
 import efx
 import eval as ev
-import files
+from support import files
 import model as M
 
 

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 
-import assets
-import cli
+from support import assets
+from support import cli
 import data
-import files
+from support import files
 import model as M
 import train
 

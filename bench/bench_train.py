@@ -5,7 +5,7 @@
 
 Runs `train.run` in one process, one run after the other, in the order dense, efx, efx, dense
 (--order): `dense` (LoRA only, merged at the end) and `efx` (ForeSight at 50 %, PBS in the
-intermediate calls, SPEC section 8). Run to run, this machine's speed drifts by 5-10 %; the
+intermediate calls, method §8). Run to run, this machine's speed drifts by 5-10 %; the
 ABBA order cancels a linear drift, and the ratios use the sums over the runs. All run on the
 default model (assets.default_model_dir(): SmolLM2-135M-Instruct) and domain `med`, with eval
 off, the same examples, seed, batch and number of optimizer steps. Prints the ratios

@@ -1,4 +1,4 @@
-"""compare.py: the evidence study (SPEC 9): methods x sparsities x seeds, one test split.
+"""compare.py: the evidence study (method §9): methods x sparsities x seeds, one test split.
 
 Every method on the same data, budget and test items, over several seeds, with bootstrap
 intervals and paired comparisons:
@@ -33,15 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import cli
+from support import cli
 import data
 import eval as E
-import files
+from support import files
 import model as M
 import train
 
 # Method -> the train.py config fields that select it. "efx" is the project's default;
-# "efx_published" the authors' method (E6, PBS E14 before the merge, SPEC 7 note). The
+# "efx_published" the authors' method (E6, PBS E14 before the merge, method §7 note). The
 # "_after" rows are ablations of the schedule: one ForeSight call on the dense LoRA model
 # (E6 alone; E6 + E16), the baselines' "after" order, no pruning during training.
 METHODS = {"dense_lora": {"method": "dense"},
@@ -81,7 +81,7 @@ def macro_f1(pairs):                        # items: (prediction, label); None =
 
 
 def perplexity(seqlen):
-    """The statistic of window NLLs: SPEC 9's exp(total NLL / predicted tokens)."""
+    """The statistic of window NLLs: method §9's exp(total NLL / predicted tokens)."""
     return lambda nll: math.exp(np.sum(nll) / (len(nll) * (seqlen - 1)))
 
 
@@ -359,7 +359,7 @@ def study(c, log=print):
 # ----------------------------------------------------------------------------- aggregation
 def aggregate(c, runs, done):
     """One row per (method, sparsity): per metric the seed mean and its 95 % interval, % of
-    dense (SPEC 9, from the seed means), and against the best baseline at that sparsity the
+    dense (method §9, from the seed means), and against the best baseline at that sparsity the
     paired difference of ppl and of every accuracy; the CONTRASTS whose two rows ran.
     Returns (rows, {sparsity: best}, contrasts)."""
     groups = {}
@@ -433,7 +433,7 @@ def markdown(rows, best, c):
     seeds = ", ".join(map(str, c.seeds))
     notes = [f"Seed mean over seeds {seeds}; [2.5 %, 97.5 %] of {c.n_boot} hierarchical bootstrap resamples "
              "(seeds with replacement, then test items / perplexity windows within each seed).",
-             "% of dense: SPEC 9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed "
+             "% of dense: method §9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed "
              "means" + (f"; the curve's rows ({', '.join(f'{s:.0%}' for s in c.curve)}) measure perplexity only."
                         if c.curve else "."),
              "Δ: method − best baseline at the same sparsity (" + ", ".join(f"{s:.0%}: {m}" for s, m in best.items())

@@ -4,7 +4,7 @@ Issue 3's benchmark (a script, not a test): SmolLM2-135M (assets.default_model_d
 calibration windows of the general corpus (default 32 x 512 tokens). Reports, per method, the
 wall time of one prune call and its peak memory, and checks three targets:
   * a ForeSight call takes at most 1.25 x a Wanda call (same calibration, only the score differs);
-  * PBS in its kappa = 1 form (SPEC (E14), one r x r solve) is at least 10 x faster than E13
+  * PBS in its kappa = 1 form (method (E14), one r x r solve) is at least 10 x faster than E13
     solved row by row (a Python loop of r x r solves, as a direct reading of E13 would do);
   * the calibration memory printed by efx.prune (hidden states + statistics + one batch of
     activations + per-map work) against the measured peak increase (CUDA: max allocated,
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-import assets
+from support import assets
 import data
 import efx
 import eval as ev
-import files
+from support import files
 import model as M
 
 
@@ -71,7 +71,7 @@ class PeakMemory:
 
 
 def pbs_rows_one_by_one(W, A, B, keep, d, scale, lam, kappa=1.0):
-    """SPEC (E13) solved one row at a time, as a direct reading of it would: per row a,
+    """method (E13) solved one row at a time, as a direct reading of it would: per row a,
     K_a = kappa A D A^T + (1 - kappa) A_P D_P A_P^T + lam I, then one r x r solve."""
     U = W + scale * B @ A
     G = (A * d) @ A.T

@@ -172,6 +172,12 @@ def save_checkpoint(fn, maps, opt, score_state, state):
                 {"state": json.dumps(state)})
 
 
+def checkpoint_state(fn) -> dict:
+    """The plain values save_checkpoint stored (epoch, losses, ...), without reading a tensor."""
+    with safe_open(str(fn), "pt") as f:
+        return json.loads(f.metadata()["state"])
+
+
 def load_checkpoint(fn, maps, opt, score_state) -> dict:
     """Restore what save_checkpoint wrote and return its state. A truncated or foreign file, or
     one of another configuration, raises ValueError naming it (delete it to start over)."""

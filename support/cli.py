@@ -51,7 +51,7 @@ def parser(cls, description, presets=None, **extra) -> argparse.ArgumentParser:
     for f in (f for f in dataclasses.fields(cls) if not (presets and f.name == "preset")):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         shown = default if default != "" else '""'
-        if presets and f.name in presets["default"]:
+        if presets and f.name in presets["default"] and presets["default"][f.name] != default:
             shown = f"{presets['default'][f.name]} in the default preset, {shown} without"
         kind = type(default)
         kw = dict(type=_bool, nargs="?", const=True) if kind is bool else dict(type=kind)

