@@ -12,7 +12,7 @@ Implements method §3-8 (equations E1-E16) on the model of model.py:
 Pure matrix functions take (out, in) = (m, n) weights as torch stores them; "lower score
 is pruned first"; masks are bool with True = keep.
 
-One-shot pruning from the command line: prune.py. Tests: python -m pytest -q tests/test_efx.py
+One-shot pruning from the command line: python -m drivers.prune. Tests: python -m pytest -q tests/test_efx.py
 """
 from __future__ import annotations
 

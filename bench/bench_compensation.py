@@ -12,7 +12,7 @@ Issue 15's measurement (a script, not a test), on the default model (SmolLM2-135
   2. "jump": short real train.run's (2 epochs of 64 examples, calls at steps 8, 16, 24 and the
      final one) for none / E16 / the cubic ramp / both; the probe loss just before and after
      each call (one fixed training batch, as train.py logs it).
-Run:  python bench_compensation.py [--part calls|jump|all] [--threads 2]   (~12 minutes on CPU)
+Run:  python -m bench.bench_compensation [--part calls|jump|all] [--threads 2]   (~12 minutes on CPU)
 Writes runs/bench_compensation.json and prints Markdown tables.
 """
 import argparse

@@ -1,8 +1,8 @@
 """bench_model.py: speed and memory of model.py on the default model.
 
-    python bench_model.py                      # efx only (CPU: 2 threads)
-    python bench_model.py --hf                 # side by side with HF transformers + peft
-    python bench_model.py --device cuda --dtype bfloat16 --repeats 5    # as gpu_check.sh runs it
+    python -m bench.bench_model                      # efx only (CPU: 2 threads)
+    python -m bench.bench_model --hf                 # side by side with HF transformers + peft
+    python -m bench.bench_model --device cuda --dtype bfloat16 --repeats 5    # as scripts/gpu_check.sh runs it
 
 transformers and peft are not project dependencies: --hf needs them importable, e.g. from a
 scratch venv (`python -m venv /tmp/hfvenv --system-site-packages && /tmp/hfvenv/bin/pip
@@ -234,11 +234,12 @@ def main(argv=None):
     if "memory" in works:                       # a fresh process per side
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         for s in sides:
-            argv_s = [sys.executable, __file__, "--memory", s.name.lower(), "--device", a.device,
+            argv_s = [sys.executable, "-m", "bench.bench_model", "--memory", s.name.lower(), "--device", a.device,
                       "--dtype", a.dtype, "--threads", str(a.threads), "--batch", str(a.batch),
                       "--seqlen", str(a.seqlen), "--med_batches", str(a.med_batches), "--model", a.model,
                       "--lora_dropout", str(a.lora_dropout)]
-            out = subprocess.run(argv_s, env=env, capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(argv_s, env=env, capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1]).stdout     # the repo root
             res["memory"][s.name] = json.loads(out.strip().splitlines()[-1])
         kind = "max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM)"
         for w in ("lora-all", "lora-med"):

