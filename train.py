@@ -173,11 +173,11 @@ def prune_points(epochs, steps_per_epoch, prune_every=1, prune_every_steps=0):
     return [e * steps_per_epoch for e in range(1, epochs) if e % prune_every == 0]
 
 
-def prune_options(c, method, sparsity, compensate=False, average=False, seed=0):
+def prune_options(c, method, sparsity, *, compensate=False, average=False, seed=0):
     """The efx.PruneOptions of one call of run `c`; compensation (E12-E16) only if asked."""
     return efx.PruneOptions(
-        method, sparsity, c.nm or None, c.per, c.foresight_variant, average, c.mask_lr,
-        pbs=compensate and c.pbs, pbs_variant=c.pbs_variant,
+        method=method, sparsity=sparsity, nm=c.nm or None, per=c.per, foresight_variant=c.foresight_variant,
+        average=average, mask_lr=c.mask_lr, pbs=compensate and c.pbs, pbs_variant=c.pbs_variant,
         reconstruct=c.reconstruct if compensate else "none", offload=c.offload, seed=seed)
 
 
@@ -212,20 +212,21 @@ def run(cfg) -> dict:
     cfg = job.cfg
     job.evaluate("dense_start")
     if cfg.method in BASELINES and cfg.baseline_order == "both":
-        job.prune_call(cfg.method, False, False, "before-lora")
+        job.prune_call(cfg.method, tag="before-lora")
     job.attach_lora()                       # frozen base, float32 adapters, AdamW, --resume
     points = job.points                     # optimizer steps before which efx prunes
     for epoch in range(job.start_epoch, cfg.epochs):
         for step, batch in job.batches(epoch):
             if step in points:              # intermediate call: compensation, score average (E7)
-                job.prune_call("foresight", True, True, f"step{step}", keep_scores=step < max(points))
+                job.prune_call("foresight", tag=f"step{step}", compensate=True, average=True,
+                               keep_scores=step < max(points))
             job.train_step(epoch, step, batch)
         job.checkpoint(epoch)
     if cfg.method == "efx":                 # final call: no E7; its masked merge is the merge (E0)
-        final = job.prune_call("foresight", cfg.compensate_final, False, "final")
+        final = job.prune_call("foresight", tag="final", compensate=cfg.compensate_final)
     else:                                   # baselines: merge, then prune once; dense: merge
         M.merge_lora(job.model)
-        final = job.prune_call(cfg.method, False, False, "final") if cfg.method != "dense" else None
+        final = job.prune_call(cfg.method, tag="final") if cfg.method != "dense" else None
     return job.finish(final)
 
 
@@ -342,14 +343,14 @@ class Job:
         self.model.train(was)
         return loss.item()
 
-    def prune_call(self, method, compensate, average, tag, keep_scores=False):
+    def prune_call(self, method, *, tag, compensate=False, average=False, keep_scores=False):
         """One efx.prune call (method §8 PRUNE_CALL) with this run's options."""
         cfg, t = self.cfg, time.time()
         if hasattr(self, "bar"):
             self.bar.end()                  # a half-written progress line on a terminal
         k, before = len(self.prune_reports) + 1, self.probe_loss()
         rho = ramp(cfg.sparsity, k, self.n_calls, cfg.sparsity_ramp) if method == "foresight" else cfg.sparsity
-        o = prune_options(cfg, method, rho, compensate, average, seed=cfg.seed * 1000 + k - 1)
+        o = prune_options(cfg, method, rho, compensate=compensate, average=average, seed=cfg.seed * 1000 + k - 1)
         rep = efx.prune(self.model, self.calib_ids, options=o, score_state=self.score_state,
                         log=_log if self.rank == 0 else (lambda *a: None))
         if not keep_scores:     # no later call averages with these scores (E7): free them

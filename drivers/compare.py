@@ -281,7 +281,7 @@ def prune_dense(cfg, dense_dir):
     job = train.Job(cfg)
     job.model = M.load_model(dense_dir, job.device, job.dtype)
     efx = cfg.method == "efx"
-    report = job.prune_call("foresight" if efx else cfg.method, efx, False, "final")
+    report = job.prune_call("foresight" if efx else cfg.method, tag="final", compensate=efx)
     report.pop("maps")
     return job.model, job.tok, {"prune_calls": [report], "config": dataclasses.asdict(cfg)}
 

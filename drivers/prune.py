@@ -51,7 +51,8 @@ class PruneConfig:
 def check_config(c: PruneConfig) -> PruneConfig:
     """Every field, before the model is loaded: ValueError with a one-line message. --nm is
     checked against the model by check_nm_fits in run(), as soon as config.json is read."""
-    efx.PruneOptions(c.method, c.sparsity, None, c.per, c.foresight_variant, reconstruct=c.reconstruct)
+    efx.PruneOptions(method=c.method, sparsity=c.sparsity, per=c.per, foresight_variant=c.foresight_variant,
+                     reconstruct=c.reconstruct)
     if c.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype={c.dtype!r}, expected one of ('float32', 'bfloat16', 'float16')")
     if min(c.nsamples, c.batch_size, c.eval_windows) < 1 or c.seqlen < 2:
