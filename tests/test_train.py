@@ -238,6 +238,19 @@ class _Stop(Exception):
     pass
 
 
+def crash_after_first_checkpoint(monkeypatch, cfg):
+    """train.run(cfg), stopped by an exception right after its first checkpoint is written."""
+    real = files.save_checkpoint
+
+    def crash_after_first(*a, **kw):
+        real(*a, **kw)
+        raise _Stop
+    monkeypatch.setattr(files, "save_checkpoint", crash_after_first)
+    with pytest.raises(_Stop):
+        train.run(cfg)
+    monkeypatch.setattr(files, "save_checkpoint", real)
+
+
 @pytest.mark.parametrize("comp", [dict(), dict(pbs=True, pbs_variant="gram", reconstruct="none",
                                                sparsity_ramp="cubic")])
 def test_s8_resume_bit_identical(base, monkeypatch, comp):
@@ -246,15 +259,7 @@ def test_s8_resume_bit_identical(base, monkeypatch, comp):
     so the RNG state must be restored too."""
     over = dict(epochs=3, lora_dropout=0.1, **comp)
     full = train.run(base("full", **over))
-    real = files.save_checkpoint
-
-    def crash_after_first(*a, **kw):
-        real(*a, **kw)
-        raise _Stop
-    monkeypatch.setattr(files, "save_checkpoint", crash_after_first)
-    with pytest.raises(_Stop):
-        train.run(base("cut", **over))
-    monkeypatch.setattr(files, "save_checkpoint", real)
+    crash_after_first_checkpoint(monkeypatch, base("cut", **over))
     ckpt = Path(base("cut")["out"]) / "checkpoint.safetensors"
     assert ckpt.exists() and not Path(str(ckpt) + ".tmp").exists()
     assert not (Path(base("cut")["out"]) / "model").exists()
@@ -486,15 +491,7 @@ def test_s8_resume_with_averaged_scores_bit_identical(base, monkeypatch):
     restore it, so the call at step 2 averages with it exactly as the uninterrupted run does."""
     over = dict(epochs=3, prune_every_steps=1, lora_dropout=0.1, mask_lr=0.3)
     full = train.run(base("full", **over))
-    real = files.save_checkpoint
-
-    def crash_after_first(*a, **kw):
-        real(*a, **kw)
-        raise _Stop
-    monkeypatch.setattr(files, "save_checkpoint", crash_after_first)
-    with pytest.raises(_Stop):
-        train.run(base("cut", **over))
-    monkeypatch.setattr(files, "save_checkpoint", real)
+    crash_after_first_checkpoint(monkeypatch, base("cut", **over))
     ckpt = Path(base("cut")["out"]) / "checkpoint.safetensors"
     with safe_open(str(ckpt), "pt") as f:
         assert any(k.startswith("score.") for k in f.keys()), "the checkpoint must hold E7 scores"
@@ -519,15 +516,7 @@ def test_s8_interrupted_run_marks_its_folder_and_resume_keeps_dense_start(base, 
     """An interrupted run keeps its checkpoint, config.json and an UNFINISHED file; --resume
     brings back the dense-start results; the finished run deletes checkpoint and marker."""
     over = dict(eval=True, test=[_test_file(tmp_path)], epochs=2)
-    real = files.save_checkpoint
-
-    def crash_after_first(*a, **kw):
-        real(*a, **kw)
-        raise _Stop
-    monkeypatch.setattr(files, "save_checkpoint", crash_after_first)
-    with pytest.raises(_Stop):
-        train.run(base("cut", **over))
-    monkeypatch.setattr(files, "save_checkpoint", real)
+    crash_after_first_checkpoint(monkeypatch, base("cut", **over))
     out = Path(base("cut")["out"])
     assert (out / "checkpoint.safetensors").exists() and (out / train.UNFINISHED).exists()
     assert "--resume" in (out / train.UNFINISHED).read_text()
