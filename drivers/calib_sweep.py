@@ -1,0 +1,92 @@
+"""calib_sweep.py: how many calibration tokens each pruning criterion needs (§3 note).
+
+One-shot pruning at 50 % (drivers/prune.py) of the default model for every method x budget x
+calibration text, held-out perplexity on the same windows for every cell. Each finished cell
+is one JSON file in --out (a rerun skips it: the sweep resumes where it stopped); the table
+is rebuilt from the files at the end of every run.
+
+    python -m drivers.calib_sweep                              # the whole grid, resumable
+    python -m drivers.calib_sweep --budgets 8 32 --texts general   # a part of it
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import data
+from drivers import prune
+
+METHODS = {  # row name -> drivers/prune.py fields
+    "wanda": dict(method="wanda"),
+    "sparsegpt": dict(method="sparsegpt"),
+    "foresight": dict(method="foresight"),
+    "foresight+E16": dict(method="foresight", reconstruct="obs"),
+}
+
+
+def domain_text(out, name="med"):
+    """The built-in domain's training examples as one text file (prompt and completion of each),
+    disjoint from its perplexity text and its test split (data.default_domain)."""
+    path = Path(out) / f"{name}_train.txt"
+    if not path.exists():
+        rows = data.default_domain(name)["train"]
+        path.write_text("\n\n".join(r["prompt"] + r["completion"] for r in rows))
+    return path
+
+
+def cell(out, method, windows, seqlen, text):
+    return Path(out) / f"{method}-{text}-{windows}x{seqlen}.json"
+
+
+def table(out):
+    """Markdown: held-out perplexity per method (rows) and calibration budget (columns)."""
+    cells = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*-*x*.json"))]
+    if not cells:
+        return "no finished cells yet\n"
+    budgets = sorted({(c["windows"], c["seqlen"]) for c in cells})
+    lines = []
+    for text in sorted({c["text"] for c in cells}):
+        dense = next(c["dense_ppl"] for c in cells if c["text"] == text)
+        lines += [f"\ncalibration text: {text}; held-out perplexity (dense {dense:.2f}); "
+                  "prune-call seconds in brackets\n",
+                  "| method | " + " | ".join(f"{w} x {s} = {w * s // 1024}k" for w, s in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for m in METHODS:
+            got = {(c["windows"], c["seqlen"]): c for c in cells if c["method"] == m and c["text"] == text}
+            row = [f"{got[b]['ppl']:.2f} [{got[b]['prune_s']:.0f}]" if b in got else "-" for b in budgets]
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--budgets", nargs="+", type=int, default=[8, 32, 64, 128], help="calibration windows")
+    ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration and perplexity window")
+    ap.add_argument("--texts", nargs="+", default=["general", "med"], choices=["general", "med"])
+    ap.add_argument("--eval_windows", type=int, default=16)
+    ap.add_argument("--out", default="runs/calib_sweep")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(t, w, m) for t in a.texts for w in a.budgets for m in a.methods
+            if not cell(out, m, w, a.seqlen, t).exists()]
+    print(f"calib_sweep: {len(todo)} cells to run in {out}")
+    for k, (text, windows, method) in enumerate(todo, 1):
+        t0 = time.time()
+        cfg = prune.check_config(prune.PruneConfig(
+            sparsity=0.5, nsamples=windows, seqlen=a.seqlen, eval_windows=a.eval_windows,
+            calib=str(domain_text(out)) if text == "med" else "", results=str(out / "last_prune.json"),
+            overwrite=True, **METHODS[method]))
+        res = prune.run(cfg)       # perplexity: the general corpus's held-out tail for every text
+        rec = {"method": method, "text": text, "windows": windows, "seqlen": a.seqlen,
+               "ppl": res["pruned"]["ppl"], "dense_ppl": res["dense"]["ppl"],
+               "prune_s": res["report"]["time_s"], "wall_s": time.time() - t0}
+        cell(out, method, windows, a.seqlen, text).write_text(json.dumps(rec, indent=2))
+        print(f"calib_sweep {k}/{len(todo)}: {json.dumps(rec)}", flush=True)
+    (out / "table.md").write_text(table(out))
+    print(table(out))
+
+
+if __name__ == "__main__":
+    main()
