@@ -5,7 +5,7 @@ calibration text, held-out perplexity on the same windows for every cell. Each f
 is one JSON file in --out (a rerun skips it: the sweep resumes where it stopped); the table
 is rebuilt from the files at the end of every run.
 
-    python -m drivers.calib_sweep                              # the whole grid, resumable
+    python -m drivers.calib_sweep --out study/calib_sweep     # the whole grid, resumable (committed cells)
     python -m drivers.calib_sweep --budgets 8 32 --texts general   # a part of it
 """
 import argparse
