@@ -5,7 +5,7 @@ calibration text, held-out perplexity on the same windows for every cell. Each f
 is one JSON file in --out (a rerun skips it: the sweep resumes where it stopped); the table
 is rebuilt from the files at the end of every run.
 
-    python -m drivers.calib_sweep --out study/calib_sweep     # the whole grid, resumable (committed cells)
+    python -m drivers.calib_sweep                              # the whole grid; resumes from study/calib_sweep/
     python -m drivers.calib_sweep --budgets 8 32 --texts general   # a part of it
 """
 import argparse
@@ -65,7 +65,7 @@ def main(argv=None):
     ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration and perplexity window")
     ap.add_argument("--texts", nargs="+", default=["general", "med"], choices=["general", "med"])
     ap.add_argument("--eval_windows", type=int, default=16)
-    ap.add_argument("--out", default="runs/calib_sweep")
+    ap.add_argument("--out", default="study/calib_sweep", help="cell files (committed: the sweep resumes from them)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
