@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from support import assets
-from support import cli
-from support.files import DataError, atomic_write_text, fail, line_of, read_csv, read_json_text, read_jsonl  # noqa: F401 (DataError: data's API)
+from support import assets, cli
+from support.files import (DataError, atomic_write_text, fail, line_of,  # noqa: F401 (DataError: data's API)
+                           read_csv, read_json_text, read_jsonl)
 from model import IGNORE   # label of tokens that carry no loss (prompt, padding)
 
 

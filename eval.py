@@ -27,11 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from support import assets
-from support import cli
 import data
-from support import files
 import model as M
+from support import assets, cli, files
 
 
 def _wide(t):                  # log-softmax in float32 at least (bf16/fp16 logits), float64 kept

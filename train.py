@@ -28,13 +28,11 @@ import tokenizers
 import torch
 import torch.distributed as dist
 
-from support import cli
-from support import assets
 import data
 import efx
 import eval as E
-from support import files
 import model as M
+from support import assets, cli, files
 
 METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
 
@@ -245,7 +243,7 @@ class Job:
         if cfg.batch_size % (cfg.grad_accum * self.world):
             raise ValueError(f"config: batch_size {cfg.batch_size} must be divisible by grad_accum x ranks "
                              f"= {cfg.grad_accum * self.world}")
-        self.out, self.ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint.safetensors"
+        self.out, self.ckpt = Path(cfg.out), Path(cfg.out) / CHECKPOINT
         cli.check_fresh(self.out, cfg.overwrite or (cfg.resume and self.ckpt.exists()), "results.json")
         if self.ckpt.exists() and not (cfg.resume or cfg.overwrite):
             raise ValueError(f"{self.ckpt} exists (an unfinished run): --resume continues it, "
@@ -310,8 +308,8 @@ class Job:
         self.start_epoch = 0
         if self.rank == 0:      # the folder says it is unfinished until finish() (and how to resume)
             self.out.mkdir(parents=True, exist_ok=True)
-            files.atomic_write_text(json.dumps({**dataclasses.asdict(cfg), "resume": False, "overwrite": False}, indent=2),
-                                    self.out / "config.json")
+            resolved = {**dataclasses.asdict(cfg), "resume": False, "overwrite": False}
+            files.atomic_write_text(json.dumps(resolved, indent=2), self.out / "config.json")
             files.atomic_write_text(f"This run has not finished. Resume it with:\n  {resume_command(cfg)}\n",
                                     self.out / UNFINISHED)
 
@@ -467,6 +465,7 @@ class Job:
                 "peak_gb": results["peak_memory_gb"]}
 
 
+CHECKPOINT = "checkpoint.safetensors"   # in the output folder until the run has finished (--resume)
 UNFINISHED = "UNFINISHED"      # in the output folder of a run that started and has not finished
 
 
@@ -509,7 +508,7 @@ def _summary(r):
 
 def interrupted(cfg):
     """The one line Ctrl-C ends with: what was kept, and the command that resumes."""
-    ckpt = Path(cfg.out) / "checkpoint.safetensors"
+    ckpt = Path(cfg.out) / CHECKPOINT
     if ckpt.exists():
         kept = f"kept {ckpt} (after epoch {files.checkpoint_state(ckpt)['epoch'] + 1}/{cfg.epochs})"
     else:

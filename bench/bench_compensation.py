@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
-from support import assets
 import data
 import efx
 import eval as ev
-from support import files
 import model as M
 import train
+from support import assets, files
 
 VARIANTS = {
     "none": {},

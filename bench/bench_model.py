@@ -38,12 +38,10 @@ from pathlib import Path
 
 import torch
 
-from support import assets
-from support import cli
 import data
-from support import files
 import model as M
 import train
+from support import assets, cli, files
 
 LORA = dict(r=8, alpha=16.0)                 # dropout: --lora_dropout (train.py's default 0.05)
 

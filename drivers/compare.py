@@ -33,12 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from support import cli
 import data
 import eval as E
-from support import files
 import model as M
 import train
+from support import cli, files
 
 # Method -> the train.py config fields that select it. "efx" is the project's default;
 # "efx_published" the authors' method (E6, PBS E14 before the merge, method §7 note). The
@@ -433,8 +432,8 @@ def markdown(rows, best, c):
     seeds = ", ".join(map(str, c.seeds))
     notes = [f"Seed mean over seeds {seeds}; [2.5 %, 97.5 %] of {c.n_boot} hierarchical bootstrap resamples "
              "(seeds with replacement, then test items / perplexity windows within each seed).",
-             "% of dense: method §9, the mean over metrics of method / dense LoRA (perplexity inverted), from the seed "
-             "means" + (f"; the curve's rows ({', '.join(f'{s:.0%}' for s in c.curve)}) measure perplexity only."
+             "% of dense: method §9, the mean over metrics of method / dense LoRA (perplexity inverted), "
+             "from the seed means" + (f"; the curve's rows ({', '.join(f'{s:.0%}' for s in c.curve)}) measure perplexity only."
                         if c.curve else "."),
              "Δ: method − best baseline at the same sparsity (" + ", ".join(f"{s:.0%}: {m}" for s, m in best.items())
              + "), on the same resamples (paired); flip: share of resamples whose Δ lacks the sign of the estimate.",

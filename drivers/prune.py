@@ -13,13 +13,11 @@ from pathlib import Path
 
 import torch
 
-from support import cli
-from support import assets
 import data
 import efx
 import eval as ev
-from support import files
 import model as M
+from support import assets, cli, files
 
 
 @dataclasses.dataclass

