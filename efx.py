@@ -21,7 +21,6 @@ import time
 
 import torch
 
-from support import cli
 from model import SEVEN_MAPS, sparsity_of   # SEVEN_MAPS: also the pruning order in a block
 from obs import check_finite, chol, sparsegpt_prune   # E11, E16 and the damped solves
 
@@ -274,7 +273,7 @@ def calib_memory_estimate(cfg, nsamples, seqlen, elem_bytes, o):
                 + (2 * attn * hid + 2 * kv * hid + 3 * inter * hid if o.method == "foresight" else 0)
                 + (2 * 64 * inter * hid if o.pbs and o.pbs_variant == "gram" else 0))   # r <= 64
     return {"hidden_states": nsamples * seqlen * hid * elem_bytes, "stats": stats,
-            "activations": o.batch_size * seqlen * (8 * hid + 8 * attn + 4 * inter) * 4, "work": work}
+            "activations": o.calib_batch * seqlen * (8 * hid + 8 * attn + 4 * inter) * 4, "work": work}
 
 
 # ---------------------------------------------------------------- the pruning call (section 8)
@@ -300,24 +299,24 @@ def check_nm_fits(config, nm):
 
 @dataclasses.dataclass
 class PruneOptions:
-    """The options of one pruning call (method §4-8), checked once, here."""
+    """The options of a pruning call (method §4-8), declared once: train.py's TrainConfig and
+    the one-shot PruneConfig reuse these fields (and their comments, the --help text)."""
     method: str = "wanda"            # magnitude (E2) | wanda (E3) | sparsegpt (E11) | foresight (E5/E6)
     sparsity: float = 0.5            # rho: fraction pruned per row (E8) or per layer (E9)
-    nm: tuple | str | None = None    # (N, M) or "N:M" for N:M (E10); sparsity is then N / M
-    per: str = "row"                 # row (E8) | layer (E9)
+    nm: str = ""                     # "2:4" etc.: N:M instead of unstructured (E10); sparsity is then N / M
+    per: str = "row"                 # mask selection: row (E8) | layer (E9)
     foresight_variant: str = "code"  # code (E6, the authors' released code) | paper (E5)
-    average: bool = False            # E7: average with the stored score of the previous call
-    mask_lr: float = 0.5             # eta of E7
-    pbs: bool = False                # update B before the masked merge (E12-E15)
-    pbs_variant: str = "paper"       # paper | code (E12-E14, no gain after the merge) | gram (E15)
-    pbs_kappa: float = 1.0           # kappa of E12/E13 (paper and code variants)
+    mask_lr: float = 0.5             # eta of the score average across calls (E7)
+    pbs: bool = False                # update the LoRA B before the masked merge (method §7)
+    pbs_variant: str = "paper"       # paper | code (E12-E14: no gain after the merge) | gram (E15)
+    pbs_kappa: float = 1.0           # kappa of E12 / E13 (paper and code variants)
     pbs_damp: float = 1e-6           # relative ridge of E14 / E15
     reconstruct: str = "none"        # none | obs: OBS update of the kept weights for the mask (E16)
-    batch_size: int = 8              # calibration windows per forward
+    calib_batch: int = 8             # calibration windows per forward in a pruning call
     blocksize: int = 128             # column block of E11 / E16
     percdamp: float = 0.01           # relative damping of E11 / E16
-    offload: bool = False            # hidden states on CPU, moved to the device per batch
-    seed: int = 0                    # generator of the re-initialised LoRA A; vary it across calls
+    offload: bool = False            # calibration hidden states on CPU, moved to the device per batch
+    seed: int = 0                    # seed of the fresh LoRA A each pruning call leaves behind
 
     def __post_init__(self):
         for field, allowed in CHOICES.items():
@@ -328,9 +327,9 @@ class PruneOptions:
             _check_nm(self.nm, self.nm[1])
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if not (0 < self.mask_lr <= 1 and 0 <= self.pbs_kappa <= 1 and self.batch_size >= 1):
-            raise ValueError(f"need 0 < mask_lr <= 1, 0 <= pbs_kappa <= 1, batch_size >= 1; "
-                             f"got {self.mask_lr}, {self.pbs_kappa}, {self.batch_size}")
+        if not (0 < self.mask_lr <= 1 and 0 <= self.pbs_kappa <= 1 and self.calib_batch >= 1):
+            raise ValueError(f"need 0 < mask_lr <= 1, 0 <= pbs_kappa <= 1, calib_batch >= 1; "
+                             f"got {self.mask_lr}, {self.pbs_kappa}, {self.calib_batch}")
         if self.pbs and self.pbs_variant != "gram" and self.reconstruct != "none":
             raise ValueError(f"pbs_variant={self.pbs_variant!r} with reconstruct="
                              f"{self.reconstruct!r}: E16 replaces the merged map, so E12-E14's "
@@ -338,6 +337,12 @@ class PruneOptions:
         if self.method == "sparsegpt" and (self.pbs or self.reconstruct != "none"):
             raise ValueError("pbs and reconstruct need a LoRA criterion (magnitude, wanda, "
                              "foresight); sparsegpt reconstructs by itself")
+
+    @classmethod
+    def of(cls, config, **call):
+        """The options a config that reuses these fields holds (train.py's TrainConfig,
+        drivers/prune.py's PruneConfig), with the call's own values (method, sparsity, ...) over them."""
+        return cls(**{**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}, **call})
 
     @property
     def needs_H(self):                       # the full H = X^T X of every map (E11, E15, E16)
@@ -361,125 +366,142 @@ def _check_calib(model, calib_ids, o):
 
 @torch.no_grad()
 def prune(model, calib_ids, method=None, sparsity=None, *, options=None, score_state=None,
-          log=print, **kw):
-    """One pruning call over the whole model (method §8 PRUNE_CALL, layer-sequential as in
-    section 3). Options: a PruneOptions, and / or its fields as keywords (method, sparsity,
-    nm, per, foresight_variant, pbs, pbs_variant, reconstruct, average, ...), which win.
-    score_state: dict name -> S_bar (CPU), updated in place; E7 averaging when it holds a
-    previous score and average=True. Returns a report: per-map and per-block exact zeros,
-    overall sparsity, N:M validity, time per block, peak memory, every damping increase."""
-    given = dict(kw, **{k: v for k, v in (("method", method), ("sparsity", sparsity)) if v is not None})
+          log=print, on_block=None, **fields):
+    """One pruning call over the whole model, block by block (method §8 PRUNE_CALL, §3).
+    options: a PruneOptions; method, sparsity and any other of its fields given as keywords
+    win. score_state: {map name: S_bar} on the CPU, or None. Given, each map's score is
+    averaged with the one stored there (E7, when there is one) and the result stored.
+    log gets one line on the buffers and one per damping increase; on_block(i, n, block)
+    is called after each block (a progress line: support/cli.py prune_reporting).
+    Returns a report: per-map and per-block exact zeros, overall sparsity, N:M validity,
+    time per block, every damping increase."""
+    given = dict(fields, **{k: v for k, v in (("method", method), ("sparsity", sparsity)) if v is not None})
     try:
         o = dataclasses.replace(options or PruneOptions(), **given)
     except (ValueError, TypeError) as e:
         raise ValueError(f"prune: {e}") from None
     _check_calib(model, calib_ids, o)
-    cfg, layers, emb = model.config, model.model.layers, model.model.embed_tokens
-    dev = emb.weight.device
-    cuda = dev.type == "cuda"
-    nsamples, T = calib_ids.shape
-    est = calib_memory_estimate(cfg, nsamples, T, emb.weight.element_size(), o)
-    where = torch.device("cpu") if o.offload else dev
-    MiB = lambda x: f"{x / 2**20:.1f} MiB"
-    log(f"efx.prune: {o.method} rho={o.sparsity} nm={o.nm} per={o.per}: buffers "
-        f"{MiB(est['hidden_states'])} hidden states ({nsamples}x{T}x{cfg.hidden_size} on {where})"
-        f" + {MiB(est['stats'])} statistics + ~{MiB(est['activations'] + est['work'])} work")
-    gen = torch.Generator(device=dev).manual_seed(o.seed)
+    t_start, was_training, layers = time.time(), model.training, model.model.layers
     report = {"method": o.method, "sparsity_target": o.nm[0] / o.nm[1] if o.nm else o.sparsity,
               "nm": o.nm, "per": o.per, "pbs": o.pbs and o.pbs_variant, "reconstruct": o.reconstruct,
-              "est_calib_bytes": est, "maps": {}, "blocks": [], "damping_increased": []}
-    was_training, t_start = model.training, time.time()
+              "maps": {}, "blocks": [], "damping_increased": []}
     model.eval()
     try:
-        xs = torch.empty(nsamples, T, cfg.hidden_size, dtype=emb.weight.dtype, device=where)
-        for b in range(0, nsamples, o.batch_size):
-            xs[b:b + o.batch_size] = emb(calib_ids[b:b + o.batch_size].to(dev)).to(where)
-        cos, sin = model.rope(T, dev)
-        bar = cli.Progress(f"efx.prune: {o.method} block", len(layers), "block", log)
+        xs, cos, sin = _block_inputs(model, calib_ids, o, report, log)
+        gen = torch.Generator(device=cos.device).manual_seed(o.seed)    # the fresh LoRA A
         for i, block in enumerate(layers):
-            t0 = time.time()
-            stats = calibrate_block(block, xs, cos, sin, o.needs_H, o.batch_size)
-            mods = _maps(block)
-            prefix = f"model.layers.{i}."
-            names = {n: prefix + ("self_attn." if n in SEVEN_MAPS[:4] else "mlp.") + n for n in mods}
-            for name, st in stats.items():    # NaN / inf would give arbitrary masks: stop first
-                for k, v in st.items():
-                    check_finite(v, f"efx.prune: calibration statistic {k} of {names[name]}",
-                                  " (the block's inputs overflow or the weights are not finite)")
-            Ws = None             # ForeSight: the block's (augmented) partner weights
+            t0, names = time.time(), _full_names(i)
+            stats = calibrate_block(block, xs, cos, sin, o.needs_H, o.calib_batch)    # E1
+            _check_stats(stats, names)
+            Ws = None             # ForeSight: the block's W~ of every map, each replaced once pruned
             if o.method == "foresight":
-                Ws = {n: m.augmented_weight(None if o.lora_scale else 1.0) for n, m in mods.items()}
-            for name, mod in mods.items():
-                full, info = names[name], {}
-                _prune_map(mod, name, full, stats[name], Ws, info, o, score_state, gen, cfg)
+                Ws = {n: m.augmented_weight(None if o.lora_scale else 1.0) for n, m in _maps(block).items()}
+            for name, mod in _maps(block).items():
+                info = {}
+                _prune_map(mod, stats[name], name=name, full=names[name], Ws=Ws, o=o,
+                           score_state=score_state, gen=gen, config=model.config, info=info)
                 for note in info.get("damping_increased", []):
-                    report["damping_increased"].append({"map": full, **note})
-                    bar.end()
-                    log(f"efx.prune: {full}: {note['what']} singular, damping "
+                    report["damping_increased"].append({"map": names[name], **note})
+                    log(f"efx.prune: {names[name]}: {note['what']} singular, damping "
                         f"{note['from']:g} -> {note['to']:g}")
-                report["maps"][full] = sparsity_of(mod.weight, o.nm)
+                report["maps"][names[name]] = sparsity_of(mod.weight, o.nm)
                 if Ws is not None:      # later maps see this one pruned (reference-code order)
                     Ws[name] = mod.weight.float()      # merged: B = 0, so W + s B A = W
             del stats, Ws
             if i + 1 < len(layers):    # step 4: the pruned block's outputs feed block i+1
-                _run_block(block, xs, cos, sin, o.batch_size, write=True)
-            if cuda:
-                torch.cuda.synchronize(dev)
+                _run_block(block, xs, cos, sin, o.calib_batch, write=True)
+            if cos.device.type == "cuda":
+                torch.cuda.synchronize(cos.device)         # the block's time, not its launch
             z = [report["maps"][full] for full in names.values()]
-            bs = sum(v["zeros"] for v in z) / sum(v["numel"] for v in z)
-            report["blocks"].append({"block": i, "time_s": time.time() - t0, "sparsity": bs})
-            bar.update(i + 1, f"sparsity {bs:.4f}")
+            report["blocks"].append({"block": i, "time_s": time.time() - t0,
+                                     "sparsity": sum(v["zeros"] for v in z) / sum(v["numel"] for v in z)})
+            if on_block is not None:
+                on_block(i, len(layers), report["blocks"][-1])
     finally:
         model.train(was_training)
     maps = report["maps"].values()
     report["overall_sparsity"] = sum(v["zeros"] for v in maps) / sum(v["numel"] for v in maps)
     report["nm_valid"] = all(v["nm_valid"] for v in maps) if o.nm else None
     report["time_s"] = time.time() - t_start
-    report["peak_memory_gb"], report["peak_memory_kind"] = cli.peak_memory(dev)   # so far
     return report
 
 
-def _prune_map(mod, name, full, st, Ws, info, o, score_state, gen, cfg):
-    """Score, average, mask, compensate, masked merge of one map (method §8 PRUNE_CALL).
-    st: its calibration statistics; Ws: the block's partner weights (ForeSight); o: options."""
-    W_new = None                 # E11 / E16: OBS-updated weights that replace the merged W
-    if o.method == "sparsegpt":  # method (E11) on W + s B A, mask chosen by saliency
+def _block_inputs(model, calib_ids, o, report, log):
+    """The embedded calibration windows (block 0's inputs), RoPE's cos and sin; logs and
+    records the buffers the call needs (calib_memory_estimate)."""
+    cfg, emb = model.config, model.model.embed_tokens
+    dev = emb.weight.device
+    where = torch.device("cpu") if o.offload else dev
+    nsamples, T = calib_ids.shape
+    est = report["est_calib_bytes"] = calib_memory_estimate(cfg, nsamples, T, emb.weight.element_size(), o)
+    MiB = lambda x: f"{x / 2**20:.1f} MiB"
+    log(f"efx.prune: {o.method} rho={o.sparsity} nm={o.nm} per={o.per}: buffers "
+        f"{MiB(est['hidden_states'])} hidden states ({nsamples}x{T}x{cfg.hidden_size} on {where})"
+        f" + {MiB(est['stats'])} statistics + ~{MiB(est['activations'] + est['work'])} work")
+    xs = torch.empty(nsamples, T, cfg.hidden_size, dtype=emb.weight.dtype, device=where)
+    for b in range(0, nsamples, o.calib_batch):
+        xs[b:b + o.calib_batch] = emb(calib_ids[b:b + o.calib_batch].to(dev)).to(where)
+    cos, sin = model.rope(T, dev)
+    return xs, cos, sin
+
+
+def _full_names(i):
+    """{short name: the map's name in the checkpoint} for block i."""
+    return {n: f"model.layers.{i}.{'self_attn' if n in SEVEN_MAPS[:4] else 'mlp'}.{n}" for n in SEVEN_MAPS}
+
+
+def _check_stats(stats, names):
+    """NaN / inf statistics would give arbitrary masks: stop before any weight changes."""
+    for name, st in stats.items():
+        for k, v in st.items():
+            check_finite(v, f"efx.prune: calibration statistic {k} of {names[name]}",
+                         " (the block's inputs overflow or the weights are not finite)")
+
+
+def _prune_map(mod, st, *, name, full, Ws, o, score_state, gen, config, info):
+    """One map of method §8 PRUNE_CALL: W~ -> score -> average -> mask -> compensate -> merge.
+    st: the map's calibration statistics; Ws: the block's W~ (ForeSight), else None."""
+    if o.method == "sparsegpt":  # method (E11) on W~ = W + s B A: mask and reconstruction at once
         W_new, keep = sparsegpt_prune(mod.augmented_weight(), st["H"], o.sparsity, o.nm,
                                       o.blocksize, o.percdamp, info)
     else:
-        # ForeSight's Ws already holds this map's W~ (replaced only once the map is pruned);
-        # only ForeSight drops s, so every other criterion scores W + s B A
-        W = Ws[name] if Ws is not None else mod.augmented_weight()
+        W = Ws[name] if Ws is not None else mod.augmented_weight()     # W~ (E6: W + B A)
         if o.method == "magnitude":
-            S = magnitude_score(W)                                      # E2
+            S = magnitude_score(W)                                     # E2
         elif o.method == "wanda":
-            S = wanda_score(W, st["h"])                                 # E3
+            S = wanda_score(W, st["h"])                                # E3
         else:
-            S = foresight_score(name, Ws, st["h"], cfg.num_attention_heads,
-                                cfg.num_key_value_heads, o.foresight_variant)   # E5 / E6
-        prev = score_state.get(full) if (score_state is not None and o.average) else None
-        S = average_score(S, prev, o.mask_lr)                           # E7
-        if score_state is not None:
+            S = foresight_score(name, Ws, st["h"], config.num_attention_heads,
+                                config.num_key_value_heads, o.foresight_variant)   # E5 / E6
+        if score_state is not None:                                    # E7
+            S = average_score(S, score_state.get(full), o.mask_lr)
             score_state[full] = S.detach().to("cpu", torch.float32)
-        keep = select_mask(S, o.sparsity, o.nm, o.per)                  # E8 / E9 / E10
-        gram = o.pbs and mod.r > 0 and o.pbs_variant == "gram"
-        if o.reconstruct == "obs":                                      # E16 for this mask
-            U = W if o.lora_scale else mod.augmented_weight()          # W + s B A
-            W_new, _ = sparsegpt_prune(U, st["H"], 0.0, None, o.blocksize, o.percdamp, info,
-                                       mask=keep)
-            if gram:      # then E15 on what E16's column order left, through a fresh B
-                dB = gram_pbs_update(W_new, mod.lora_A, torch.zeros_like(mod.lora_B), keep,
-                                     st["H"], mod.scaling, pbs_damp=o.pbs_damp, info=info, target=U)
-                W_new += keep * (mod.scaling * dB @ mod.lora_A)
-        elif gram:                                                      # E15, B only
-            mod.lora_B += gram_pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, st["H"],
-                                          mod.scaling, pbs_damp=o.pbs_damp, info=info)
-        elif o.pbs and mod.r > 0:                                       # E12-E14, B only
-            d = st["h"] if o.pbs_variant == "paper" else st["h"].sqrt().clamp_min(1e-12)
-            mod.lora_B += pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, d, mod.scaling,
-                                     o.pbs_kappa, variant=o.pbs_variant, pbs_damp=o.pbs_damp,
-                                     info=info)
+        keep = select_mask(S, o.sparsity, o.nm, o.per)                 # E8 / E9 / E10
+        W_new = _compensate(mod, W, keep, st, o, info)                 # E12-E16, or None
     mod.merge(keep)              # W <- M * (W + s B A), B = 0 (method (E0))
-    if W_new is not None:
+    if W_new is not None:        # E11 / E16: the reconstructed kept weights replace the merge
         mod.weight.copy_(W_new.to(mod.weight.dtype))
     mod.reset_lora(gen)          # fresh A (Kaiming), B = 0: the next epoch trains a new adapter
+
+
+def _compensate(mod, W, keep, st, o, info):
+    """Compensation for the mask `keep` before the masked merge (method §7). Changes the
+    adapter's B in place (E12-E15), or returns the kept weights that replace the merged map
+    (E16, followed by E15 through a fresh B with pbs_variant gram); None: merge as is."""
+    gram = o.pbs and mod.r > 0 and o.pbs_variant == "gram"
+    if o.reconstruct == "obs":                                         # E16 for this mask
+        U = W if o.lora_scale else mod.augmented_weight()             # W + s B A
+        W_new, _ = sparsegpt_prune(U, st["H"], 0.0, None, o.blocksize, o.percdamp, info, mask=keep)
+        if gram:         # then E15 on what E16's column order left, through a fresh B
+            dB = gram_pbs_update(W_new, mod.lora_A, torch.zeros_like(mod.lora_B), keep, st["H"],
+                                 mod.scaling, pbs_damp=o.pbs_damp, info=info, target=U)
+            W_new += keep * (mod.scaling * dB @ mod.lora_A)
+        return W_new
+    if gram:                                                           # E15, B only
+        mod.lora_B += gram_pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, st["H"],
+                                      mod.scaling, pbs_damp=o.pbs_damp, info=info)
+    elif o.pbs and mod.r > 0:                                          # E12-E14, B only
+        d = st["h"] if o.pbs_variant == "paper" else st["h"].sqrt().clamp_min(1e-12)
+        mod.lora_B += pbs_update(mod.weight, mod.lora_A, mod.lora_B, keep, d, mod.scaling,
+                                 o.pbs_kappa, variant=o.pbs_variant, pbs_damp=o.pbs_damp, info=info)
+    return None

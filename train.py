@@ -38,8 +38,13 @@ METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """One run; every field is a flag (--lora_r 8) and a --config key, checked at creation."""
+class TrainConfig(efx.PruneOptions):
+    """One run; every field is a flag (--lora_r 8) and a --config key, checked at creation.
+    The pruning options (method, sparsity, nm, per, compensation, ...) are efx.PruneOptions'
+    fields; three are declared again below because a run reads them differently."""
+    method: str = "efx"             # efx | dense | wanda | sparsegpt | magnitude
+    reconstruct: str = "obs"        # obs: OBS update of the kept weights for the mask (E16) | none
+    seed: int = 0                   # data order, LoRA init, calibration windows, each call's fresh A
     # what
     preset: str = "default"         # named group of defaults: default (the main job on CPU) | smoke | study | paper
     model: str = ""                 # HF checkpoint dir; "" = the built-in SmolLM2-135M-Instruct
@@ -49,18 +54,9 @@ class TrainConfig:
     ppl_file: str = ""              # text for the perplexity metric; "" = the domain's (none with --train)
     out: str = ""                   # output folder; "" = runs/<preset>-<data>-<method>-<sparsity>-s<seed>
     overwrite: bool = False         # replace an earlier run's output in --out
-    method: str = "efx"             # efx | dense | wanda | sparsegpt | magnitude
-    sparsity: float = 0.5           # fraction of each of the seven maps pruned (rho)
-    nm: str = ""                    # "2:4" etc.: N:M instead of unstructured (E10)
-    per: str = "row"                # mask selection: row (E8) | layer (E9)
-    # EfficientXpert (method §4, 7, 8)
-    foresight_variant: str = "code"     # code (E6, the authors' released code) | paper (E5)
-    pbs: bool = False               # B update before each masked merge (method §7)
-    pbs_variant: str = "paper"      # paper | code (E12-E14: no gain after the merge) | gram (E15)
-    reconstruct: str = "obs"        # obs: OBS update of the kept weights for the mask (E16) | none
+    # the EfficientXpert schedule (method §8)
     compensate_final: bool = True   # apply pbs / reconstruct in the final call too
     sparsity_ramp: str = "none"     # none | cubic: call k of K prunes rho (1 - (1 - k/K)^3)
-    mask_lr: float = 0.5            # eta of the score average (E7)
     prune_every: int = 1            # intermediate call before epoch e when e >= 1, e % k == 0
     prune_every_steps: int = 0      # > 0: every k optimizer steps instead of epochs
     baseline_order: str = "after"   # after (paper) | both (reference repo)
@@ -82,14 +78,12 @@ class TrainConfig:
     nsamples: int = 16              # calibration windows per pruning call
     seqlen: int = 256               # tokens per calibration window
     calib: str = ""                 # text file for calibration; "" = built-in general corpus
-    offload: bool = False           # calibration hidden states on CPU
     # evaluation
     eval: bool = True               # evaluate the dense start and the result on the test tasks
     eval_max: int = 0               # at most this many examples per test task (0 = all)
     eval_seqlen: int = 512          # perplexity window length
     eval_ppl_windows: int = 0       # at most this many perplexity windows (0 = the whole corpus)
     # run
-    seed: int = 0                   # data order, LoRA init, calibration windows
     device: str = ""                # "" = cuda > mps > cpu
     log_every: int = 10             # optimizer steps between log lines
     resume: bool = False            # continue from <out>/checkpoint.safetensors
@@ -171,12 +165,13 @@ def prune_points(epochs, steps_per_epoch, prune_every=1, prune_every_steps=0):
     return [e * steps_per_epoch for e in range(1, epochs) if e % prune_every == 0]
 
 
-def prune_options(c, method, sparsity, *, compensate=False, average=False, seed=0):
-    """The efx.PruneOptions of one call of run `c`; compensation (E12-E16) only if asked."""
-    return efx.PruneOptions(
-        method=method, sparsity=sparsity, nm=c.nm or None, per=c.per, foresight_variant=c.foresight_variant,
-        average=average, mask_lr=c.mask_lr, pbs=compensate and c.pbs, pbs_variant=c.pbs_variant,
-        reconstruct=c.reconstruct if compensate else "none", offload=c.offload, seed=seed)
+def prune_options(c, method, sparsity, *, compensate=False, seed=0):
+    """The efx.PruneOptions of one call of run `c`: the run's pruning fields, the call's
+    method, sparsity and seed; compensation (E12-E16) only if asked."""
+    call = dict(method=method, sparsity=sparsity, seed=seed)
+    if not compensate:
+        call.update(pbs=False, reconstruct="none")
+    return efx.PruneOptions.of(c, **call)
 
 
 def ramp(sparsity, k, K, kind):
@@ -202,267 +197,342 @@ def completion_loss(model, ids, labels, n_tokens):
 
 # ----------------------------------------------------------------------------- the run
 
+BASELINES = ("wanda", "sparsegpt", "magnitude")
+
+
 def run(cfg) -> dict:
     """method §8: fine-tune with LoRA, prune per the method's schedule, save, evaluate.
     cfg: a TrainConfig, or a dict of fields over the default preset. Returns the results dict
     plus "model" and "tokenizer" (the final sparse model, in memory)."""
-    job = Job(cfg)                          # every check, the data and calibration windows, the model
-    cfg = job.cfg
-    job.evaluate("dense_start")
+    r = setup(cfg)                          # every check, the data, calibration windows, the model
+    cfg = r.cfg
+    evaluate(r, "dense_start")
     if cfg.method in BASELINES and cfg.baseline_order == "both":
-        job.prune_call(cfg.method, tag="before-lora")
-    job.attach_lora()                       # frozen base, float32 adapters, AdamW, --resume
-    points = job.points                     # optimizer steps before which efx prunes
-    for epoch in range(job.start_epoch, cfg.epochs):
-        for step, batch in job.batches(epoch):
+        prune_call(r, cfg.method, tag="before-lora")
+    attach_lora(r)                          # frozen base, float32 adapters, AdamW, --resume
+    points = prune_points(cfg.epochs, r.steps_per_epoch, cfg.prune_every, cfg.prune_every_steps) \
+        if cfg.method == "efx" else []      # optimizer steps before which efx prunes
+    for epoch in range(r.start_epoch, cfg.epochs):
+        for step, batch in batches(r, epoch):
             if step in points:              # intermediate call: compensation, score average (E7)
-                job.prune_call("foresight", tag=f"step{step}", compensate=True, average=True,
-                               keep_scores=step < max(points))
-            job.train_step(epoch, step, batch)
-        job.checkpoint(epoch)
+                prune_call(r, "foresight", tag=f"step{step}", compensate=True, average=True,
+                           keep_scores=step < max(points))
+            train_step(r, epoch, step, batch)
+        save_checkpoint(r, epoch)
     if cfg.method == "efx":                 # final call: no E7; its masked merge is the merge (E0)
-        final = job.prune_call("foresight", tag="final", compensate=cfg.compensate_final)
+        final = prune_call(r, "foresight", tag="final", compensate=cfg.compensate_final)
     else:                                   # baselines: merge, then prune once; dense: merge
-        M.merge_lora(job.model)
-        final = job.prune_call(cfg.method, tag="final") if cfg.method != "dense" else None
-    return job.finish(final)
+        M.merge_lora(r.model)
+        final = prune_call(r, cfg.method, tag="final") if cfg.method != "dense" else None
+    return finish(r, final)
 
 
-BASELINES = ("wanda", "sparsegpt", "magnitude")
+@dataclasses.dataclass
+class Run:
+    """What one run holds between its steps: set up by setup(), the optimizer by attach_lora()."""
+    cfg: TrainConfig
+    out: Path                       # the output folder
+    rank: int                       # torch.distributed rank and world size (0, 1 without it)
+    world: int
+    device: torch.device
+    tok: object                     # support/files.py Tokenizer
+    model: M.Transformer
+    encoded: list                   # training examples as (ids, labels), data.encode_all
+    steps_per_epoch: int
+    tests: dict                     # test task name -> examples
+    ppl_text: str | None            # held-out domain text for perplexity
+    calib_ids: torch.Tensor         # (nsamples, seqlen) calibration windows, the same every call
+    probe: tuple                    # one fixed training batch: the loss before / after each call
+    n_calls: int                    # efx: intermediate calls + the final one (the ramp's K)
+    results: dict                   # becomes results.json
+    times: dict
+    t_run: float
+    losses: list = dataclasses.field(default_factory=list)
+    prune_reports: list = dataclasses.field(default_factory=list)
+    score_state: dict = dataclasses.field(default_factory=dict)   # E7: map name -> S_bar (CPU)
+    start_epoch: int = 0
+    # set by attach_lora()
+    adapters: list = None           # the trained parameters: every LoRA A and B
+    opt: object = None              # AdamW over the adapters
+    sched: object = None            # its learning-rate schedule
+    ddp: object = None              # the model as the steps call it (DDP-wrapped with ranks)
+    bar: object = None              # the step progress line
+    t_train: float = 0.0
+    tokens_seen: int = 0
+
+    @property
+    def ckpt(self):
+        return self.out / CHECKPOINT
 
 
-class Job:
-    """The state of one run and the steps run() calls, in the order it calls them."""
+def setup(cfg) -> Run:
+    """Everything before training, cheapest first so that bad input fails before the weights
+    load: the config, the output folder, the data, the calibration windows, then the model."""
+    cfg = cfg if isinstance(cfg, TrainConfig) else cli.make(TrainConfig, {**PRESETS["default"], **cfg})
+    t_run, times = time.time(), {}
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = torch.device(cfg.device) if cfg.device else M.pick_device()
+    out = check_output(cfg, world)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
+    _log(f"[train] {cfg.preset} preset; model {model_dir}; output in {out}")
+    model_cfg = M.load_config(model_dir)
+    tok = files.load_tokenizer(model_dir, model_cfg)
+    if cfg.nm:
+        efx.check_nm_fits(model_cfg, cfg.nm)
+    examples, tests, ppl_text = load_data(cfg, out)
+    encoded, trunc = encode(cfg, tok, examples)
+    steps_per_epoch = len(encoded) // cfg.batch_size        # the last partial batch is dropped
+    if steps_per_epoch == 0:
+        raise ValueError(f"train data {cfg.train or cfg.domain}: {len(encoded)} examples, "
+                         f"fewer than one batch of {cfg.batch_size}")
+    calib_ids, offsets = calibration(cfg, tok)
+    pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
+    probe = next(data.batches(encoded, cfg.batch_size, cfg.seed, 0, pad, drop_last=True))
+    times["data_s"] = time.time() - t0
+    t0 = time.time()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = M.load_model(model_dir, device, dtype)
+    times["load_s"] = time.time() - t0
+    results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "device": str(device),
+               "dtype": str(dtype), "world_size": world, "versions": _versions(),
+               "train_examples": len(encoded), "truncation": trunc, "steps_per_epoch": steps_per_epoch,
+               "calibration": {"nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "offsets": offsets,
+                               "corpus": cfg.calib or "general_corpus"}}
+    n_points = len(prune_points(cfg.epochs, steps_per_epoch, cfg.prune_every, cfg.prune_every_steps))
+    if rank == 0:           # the folder says it is unfinished until finish() (and how to resume)
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {**dataclasses.asdict(cfg), "resume": False, "overwrite": False}
+        files.atomic_write_text(json.dumps(resolved, indent=2), out / "config.json")
+        files.atomic_write_text(f"This run has not finished. Resume it with:\n  {resume_command(cfg)}\n",
+                                out / UNFINISHED)
+    return Run(cfg=cfg, out=out, rank=rank, world=world, device=device, tok=tok, model=model,
+               encoded=encoded, steps_per_epoch=steps_per_epoch, tests=tests, ppl_text=ppl_text,
+               calib_ids=calib_ids, probe=probe, n_calls=n_points + 1 if cfg.method == "efx" else 1,
+               results=results, times=times, t_run=t_run)
 
-    def __init__(self, cfg):
-        self.cfg = cfg = cfg if isinstance(cfg, TrainConfig) else \
-            cli.make(TrainConfig, {**PRESETS["default"], **cfg})
-        self.t_run, self.times = time.time(), {}
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        self.device = device = torch.device(cfg.device) if cfg.device else M.pick_device()
-        if cfg.batch_size % (cfg.grad_accum * self.world):
-            raise ValueError(f"config: batch_size {cfg.batch_size} must be divisible by grad_accum x ranks "
-                             f"= {cfg.grad_accum * self.world}")
-        self.out, self.ckpt = Path(cfg.out), Path(cfg.out) / CHECKPOINT
-        cli.check_fresh(self.out, cfg.overwrite or (cfg.resume and self.ckpt.exists()), "results.json")
-        if self.ckpt.exists() and not (cfg.resume or cfg.overwrite):
-            raise ValueError(f"{self.ckpt} exists (an unfinished run): --resume continues it, "
-                             "--overwrite starts over")
-        torch.manual_seed(cfg.seed)
-        t0 = time.time()                    # data first: bad input fails before the weights load
-        model_dir = Path(cfg.model) if cfg.model else assets.default_model_dir()
-        _log(f"[train] {cfg.preset} preset; model {model_dir}; output in {self.out}")
-        model_cfg = M.load_config(model_dir)
-        self.tok = tok = files.load_tokenizer(model_dir, model_cfg)
-        if cfg.nm:
-            efx.check_nm_fits(model_cfg, cfg.nm)
-        dom = {} if cfg.train else data.default_domain(cfg.domain)    # own data, or a built-in domain
-        examples = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
-        tests = {Path(f).stem: data.load_jsonl_tasks(f) for f in cfg.test} if cfg.test else dom.get("test", {})
-        self.ppl_text = Path(cfg.ppl_file).read_text() if cfg.ppl_file else dom.get("ppl_text")
-        if cfg.max_train and len(examples) > cfg.max_train:   # a seeded sample across the tasks
-            _log(f"[train] max_train={cfg.max_train} ({_source(cfg, 'max_train')}): a seeded {cfg.max_train} of "
-                 f"the {len(examples)} training examples are used (--max_train 0: all)")
-            pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
-            examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
-        self.encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
-        if trunc["prompt_cut"] or trunc["completion_cut"]:
-            longest = max(len(tok.encode(e["prompt"])) + len(tok.encode(e["completion"])) for e in examples) + 2
-            _log(f"[train] max_len={cfg.max_len} ({_source(cfg, 'max_len')}): {trunc['prompt_cut']} prompts "
-                 f"({trunc['prompt_cut'] / len(examples):.0%}) and {trunc['completion_cut']} completions of "
-                 f"{len(examples)} examples are cut; --max_len {longest} keeps every example whole")
-        capped = [k for k, v in tests.items() if cfg.eval_max and len(v) > cfg.eval_max]
-        if cfg.eval and capped:
-            _log(f"[train] eval_max={cfg.eval_max} ({_source(cfg, 'eval_max')}): only the first {cfg.eval_max} "
-                 f"items of {', '.join(f'{k} ({len(tests[k])})' for k in capped)} are tested (--eval_max 0: all)")
-        if cfg.train and not cfg.test:
-            _log(f"[train] no --test files: the result is saved but not evaluated (add --test FILE.jsonl, "
-                 f"or afterwards: python eval.py --model {self.out / 'model'} --tasks FILE.jsonl)")
-        self.steps_per_epoch = spe = len(self.encoded) // cfg.batch_size   # last partial batch dropped
-        if spe == 0:
-            raise ValueError(f"train data {cfg.train or cfg.domain}: {len(self.encoded)} examples, "
-                             f"fewer than one batch of {cfg.batch_size}")
-        calib_text = Path(cfg.calib).read_text() if cfg.calib else \
-            data.general_corpus(max_chars=max(2_000_000, 40 * cfg.nsamples * cfg.seqlen))  # ~5x the windows
-        try:
-            self.calib_ids, offsets = data.calibration_windows(tok, calib_text, cfg.nsamples, cfg.seqlen, cfg.seed)
-        except ValueError as e:
-            raise ValueError(f"calib {cfg.calib or 'general corpus'}: {e}") from None
-        self.tests = {k: v[:cfg.eval_max] if cfg.eval_max else v for k, v in tests.items()}
-        self.pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
-        self.probe = next(data.batches(self.encoded, cfg.batch_size, cfg.seed, 0, self.pad, drop_last=True))
-        self.times["data_s"] = time.time() - t0
+
+def check_output(cfg, world) -> Path:
+    """The output folder: never over a finished run, nor over an unfinished one unless
+    --resume or --overwrite; and the batch must split over grad_accum and the ranks."""
+    if cfg.batch_size % (cfg.grad_accum * world):
+        raise ValueError(f"config: batch_size {cfg.batch_size} must be divisible by grad_accum x ranks "
+                         f"= {cfg.grad_accum * world}")
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT
+    cli.check_fresh(out, cfg.overwrite or (cfg.resume and ckpt.exists()), "results.json")
+    if ckpt.exists() and not (cfg.resume or cfg.overwrite):
+        raise ValueError(f"{ckpt} exists (an unfinished run): --resume continues it, "
+                         "--overwrite starts over")
+    return out
+
+
+def load_data(cfg, out):
+    """(training examples, {test name: examples}, perplexity text): the user's files, or the
+    built-in domain's; a seeded sample when --max_train caps them. Says what a cap leaves out."""
+    dom = {} if cfg.train else data.default_domain(cfg.domain)
+    examples = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
+    tests = {Path(f).stem: data.load_jsonl_tasks(f) for f in cfg.test} if cfg.test else dom.get("test", {})
+    ppl_text = Path(cfg.ppl_file).read_text() if cfg.ppl_file else dom.get("ppl_text")
+    if cfg.max_train and len(examples) > cfg.max_train:     # a seeded sample across the tasks
+        _log(f"[train] max_train={cfg.max_train} ({_source(cfg, 'max_train')}): a seeded {cfg.max_train} of "
+             f"the {len(examples)} training examples are used (--max_train 0: all)")
+        pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
+        examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
+    capped = [k for k, v in tests.items() if cfg.eval_max and len(v) > cfg.eval_max]
+    if cfg.eval and capped:
+        _log(f"[train] eval_max={cfg.eval_max} ({_source(cfg, 'eval_max')}): only the first {cfg.eval_max} "
+             f"items of {', '.join(f'{k} ({len(tests[k])})' for k in capped)} are tested (--eval_max 0: all)")
+    if cfg.train and not cfg.test:
+        _log(f"[train] no --test files: the result is saved but not evaluated (add --test FILE.jsonl, "
+             f"or afterwards: python eval.py --model {out / 'model'} --tasks FILE.jsonl)")
+    tests = {k: v[:cfg.eval_max] if cfg.eval_max else v for k, v in tests.items()}
+    return examples, tests, ppl_text
+
+
+def encode(cfg, tok, examples):
+    """data.encode_all at --max_len, saying how many prompts and completions it cuts."""
+    encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
+    if trunc["prompt_cut"] or trunc["completion_cut"]:
+        longest = max(len(tok.encode(e["prompt"])) + len(tok.encode(e["completion"])) for e in examples) + 2
+        _log(f"[train] max_len={cfg.max_len} ({_source(cfg, 'max_len')}): {trunc['prompt_cut']} prompts "
+             f"({trunc['prompt_cut'] / len(examples):.0%}) and {trunc['completion_cut']} completions of "
+             f"{len(examples)} examples are cut; --max_len {longest} keeps every example whole")
+    return encoded, trunc
+
+
+def calibration(cfg, tok):
+    """The calibration windows of every pruning call (method §3) and their offsets: --calib's
+    text, or the general corpus (about 5x the text the windows need)."""
+    text = Path(cfg.calib).read_text() if cfg.calib else \
+        data.general_corpus(max_chars=max(2_000_000, 40 * cfg.nsamples * cfg.seqlen))
+    try:
+        return data.calibration_windows(tok, text, cfg.nsamples, cfg.seqlen, cfg.seed)
+    except ValueError as e:
+        raise ValueError(f"calib {cfg.calib or 'general corpus'}: {e}") from None
+
+
+def autocast(r):
+    return torch.autocast("cuda", torch.bfloat16, enabled=r.device.type == "cuda")
+
+
+def evaluate(r, key):
+    """The test tasks and the domain perplexity (rank 0; not for --resume's dense start).
+    The peak memory reported is that of everything after the dense start's evaluation."""
+    resumed = key == "dense_start" and r.cfg.resume and r.ckpt.exists()   # restored from it
+    if r.cfg.eval and (r.tests or r.ppl_text) and r.rank == 0 and not resumed:
         t0 = time.time()
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.model = M.load_model(model_dir, device, self.dtype)
-        self.times["load_s"] = time.time() - t0
-        self.results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "device": str(device),
-                        "dtype": str(self.dtype), "world_size": self.world, "versions": _versions(),
-                        "train_examples": len(self.encoded), "truncation": trunc, "steps_per_epoch": spe,
-                        "calibration": {"nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "offsets": offsets,
-                                        "corpus": cfg.calib or "general_corpus"}}
-        self.points = set(prune_points(cfg.epochs, spe, cfg.prune_every, cfg.prune_every_steps)) \
-            if cfg.method == "efx" else set()
-        self.n_calls = len(self.points) + 1              # efx: the intermediate calls + the final
-        self.score_state, self.prune_reports, self.losses = {}, [], []
-        self.start_epoch = 0
-        if self.rank == 0:      # the folder says it is unfinished until finish() (and how to resume)
-            self.out.mkdir(parents=True, exist_ok=True)
-            resolved = {**dataclasses.asdict(cfg), "resume": False, "overwrite": False}
-            files.atomic_write_text(json.dumps(resolved, indent=2), self.out / "config.json")
-            files.atomic_write_text(f"This run has not finished. Resume it with:\n  {resume_command(cfg)}\n",
-                                    self.out / UNFINISHED)
+        res = E.evaluate(r.model, r.tok, r.tests, r.ppl_text, seqlen=r.cfg.eval_seqlen, log=_log,
+                         ppl_max_windows=r.cfg.eval_ppl_windows or None, name=r.out.name)
+        r.out.mkdir(parents=True, exist_ok=True)       # per-example records: predictions_<key>.jsonl
+        E.write_predictions(r.out / f"predictions_{key}.jsonl", res.pop("predictions"))
+        r.results[key] = res
+        r.times[f"eval_{key.split('_')[-1]}_s"] = time.time() - t0
+    if key == "dense_start":
+        cli.reset_peak_memory(r.device)
 
-    def autocast(self):
-        return torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def evaluate(self, key):
-        """The test tasks and the domain perplexity (rank 0; not for --resume's dense start).
-        The peak memory reported is that of everything after the dense start's evaluation."""
-        resumed = key == "dense_start" and self.cfg.resume and self.ckpt.exists()   # restored from it
-        if self.cfg.eval and (self.tests or self.ppl_text) and self.rank == 0 and not resumed:
-            t0 = time.time()
-            res = E.evaluate(self.model, self.tok, self.tests, self.ppl_text, seqlen=self.cfg.eval_seqlen, log=_log,
-                             ppl_max_windows=self.cfg.eval_ppl_windows or None, name=self.out.name)
-            self.out.mkdir(parents=True, exist_ok=True)       # per-example records: predictions_<key>.jsonl
-            E.write_predictions(self.out / f"predictions_{key}.jsonl", res.pop("predictions"))
-            self.results[key] = res
-            self.times[f"eval_{key.split('_')[-1]}_s"] = time.time() - t0
-        if key == "dense_start":
-            cli.reset_peak_memory(self.device)
+@torch.no_grad()
+def probe_loss(r):
+    """The loss on one fixed training batch, just before and just after a pruning call."""
+    was, (x, y) = r.model.training, (t.to(r.device) for t in r.probe)
+    r.model.eval()
+    with autocast(r):
+        loss = completion_loss(r.model, x, y, int((y[:, 1:] != data.IGNORE).sum().clamp(min=1)))
+    r.model.train(was)
+    return loss.item()
 
-    @torch.no_grad()
-    def probe_loss(self):
-        """The loss on one fixed training batch, just before and just after a pruning call."""
-        was, (x, y) = self.model.training, (t.to(self.device) for t in self.probe)
-        self.model.eval()
-        with self.autocast():
-            loss = completion_loss(self.model, x, y, int((y[:, 1:] != data.IGNORE).sum().clamp(min=1)))
-        self.model.train(was)
-        return loss.item()
 
-    def prune_call(self, method, *, tag, compensate=False, average=False, keep_scores=False):
-        """One efx.prune call (method §8 PRUNE_CALL) with this run's options."""
-        cfg, t = self.cfg, time.time()
-        if hasattr(self, "bar"):
-            self.bar.end()                  # a half-written progress line on a terminal
-        k, before = len(self.prune_reports) + 1, self.probe_loss()
-        rho = ramp(cfg.sparsity, k, self.n_calls, cfg.sparsity_ramp) if method == "foresight" else cfg.sparsity
-        o = prune_options(cfg, method, rho, compensate=compensate, average=average, seed=cfg.seed * 1000 + k - 1)
-        rep = efx.prune(self.model, self.calib_ids, options=o, score_state=self.score_state,
-                        log=_log if self.rank == 0 else (lambda *a: None))
-        if not keep_scores:     # no later call averages with these scores (E7): free them
-            self.score_state.clear()
-        rep.update(tag=tag, loss_before=before, loss_after=self.probe_loss())
-        self.prune_reports.append({key: v for key, v in rep.items() if key != "maps"})
-        self.times[f"prune_{k}_{tag}_s"] = time.time() - t
-        _log(f"[train] prune call {k} ({tag}): {method} overall sparsity {rep['overall_sparsity']:.4f}"
-             f" in {rep['time_s']:.1f}s; probe loss {before:.4f} -> {rep['loss_after']:.4f}")
-        return rep
+def prune_call(r, method, *, tag, compensate=False, average=False, keep_scores=False):
+    """One efx.prune call (method §8 PRUNE_CALL) with the run's options: compensation
+    (E12-E16) if asked, the score average E7 if asked (the store is kept for a later call
+    only with keep_scores)."""
+    cfg, t = r.cfg, time.time()
+    if r.bar is not None:
+        r.bar.end()                         # a half-written progress line on a terminal
+    k, before = len(r.prune_reports) + 1, probe_loss(r)
+    rho = ramp(cfg.sparsity, k, r.n_calls, cfg.sparsity_ramp) if method == "foresight" else cfg.sparsity
+    o = prune_options(cfg, method, rho, compensate=compensate, seed=cfg.seed * 1000 + k - 1)
+    rep = efx.prune(r.model, r.calib_ids, options=o, score_state=r.score_state if average else None,
+                    **cli.prune_reporting(_log if r.rank == 0 else (lambda *a: None)))
+    if not keep_scores:     # no later call averages with these scores (E7): free them
+        r.score_state.clear()
+    rep.update(tag=tag, loss_before=before, loss_after=probe_loss(r))
+    rep["peak_memory_gb"], rep["peak_memory_kind"] = cli.peak_memory(r.device)   # so far
+    r.prune_reports.append({key: v for key, v in rep.items() if key != "maps"})
+    r.times[f"prune_{k}_{tag}_s"] = time.time() - t
+    _log(f"[train] prune call {k} ({tag}): {method} overall sparsity {rep['overall_sparsity']:.4f}"
+         f" in {rep['time_s']:.1f}s; probe loss {before:.4f} -> {rep['loss_after']:.4f}")
+    return rep
 
-    def attach_lora(self):
-        """LoRA on the seven maps (method (E0)), AdamW and the lr schedule; --resume restores them."""
-        cfg = self.cfg
-        M.add_lora(self.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                   generator=torch.Generator(device=self.device).manual_seed(cfg.seed))
-        self.adapters = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.adapters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.total = cfg.epochs * self.steps_per_epoch
-        warmup = max(1, int(cfg.warmup_ratio * self.total))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, self.total, warmup, cfg.lr_schedule))
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
-        if cfg.resume and not self.ckpt.exists():
-            _log(f"[train] --resume: no checkpoint at {self.ckpt}, starting from the beginning")
-        if cfg.resume and self.ckpt.exists():
-            state = files.load_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state)
-            self.start_epoch, self.losses = state["epoch"] + 1, state["losses"]
-            self.prune_reports = state["prune_reports"]
-            if state.get("dense_start") is not None:     # the interrupted run's dense-start results
-                self.results["dense_start"] = state["dense_start"]
-            self.sched.load_state_dict(state["sched"])
-            for g, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):   # load_state_dict
-                g["lr"] = lr                                 # leaves the optimizer at lr(step 0)
-            _log(f"[train] resumed from {self.ckpt} after epoch {state['epoch'] + 1}/{cfg.epochs}")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.t_train, self.tokens_seen = time.time(), 0
-        self.bar = cli.Progress("[train] step", self.total, "step", print if self.rank == 0 else (lambda *a: None),
-                                start=self.start_epoch * self.steps_per_epoch)
 
-    def batches(self, epoch):
-        """(global step, (ids, labels)) of one epoch; dropout seeded per epoch (--resume)."""
-        torch.manual_seed(self.cfg.seed * 7919 + epoch)
-        self.model.train()
-        for i, batch in enumerate(data.batches(self.encoded, self.cfg.batch_size, self.cfg.seed, epoch,
-                                               self.pad, drop_last=True)):
-            yield epoch * self.steps_per_epoch + i, batch
+def attach_lora(r):
+    """LoRA on the seven maps (method (E0)), AdamW and the lr schedule; --resume restores them."""
+    cfg = r.cfg
+    M.add_lora(r.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+               generator=torch.Generator(device=r.device).manual_seed(cfg.seed))
+    r.adapters = [p for p in r.model.parameters() if p.requires_grad]
+    r.opt = torch.optim.AdamW(r.adapters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * r.steps_per_epoch
+    warmup = max(1, int(cfg.warmup_ratio * total))
+    r.sched = torch.optim.lr_scheduler.LambdaLR(r.opt, lambda s: lr_factor(s, total, warmup, cfg.lr_schedule))
+    r.ddp = torch.nn.parallel.DistributedDataParallel(r.model) if r.world > 1 else r.model
+    if cfg.resume and not r.ckpt.exists():
+        _log(f"[train] --resume: no checkpoint at {r.ckpt}, starting from the beginning")
+    if cfg.resume and r.ckpt.exists():
+        state = files.load_checkpoint(r.ckpt, M.lora_modules(r.model), r.opt, r.score_state)
+        r.start_epoch, r.losses, r.prune_reports = state["epoch"] + 1, state["losses"], state["prune_reports"]
+        if state.get("dense_start") is not None:       # the interrupted run's dense-start results
+            r.results["dense_start"] = state["dense_start"]
+        r.sched.load_state_dict(state["sched"])
+        for g, lr in zip(r.opt.param_groups, r.sched.get_last_lr()):   # load_state_dict leaves
+            g["lr"] = lr                                               # the optimizer at lr(step 0)
+        _log(f"[train] resumed from {r.ckpt} after epoch {state['epoch'] + 1}/{cfg.epochs}")
+    r.out.mkdir(parents=True, exist_ok=True)
+    r.t_train, r.tokens_seen = time.time(), 0
+    r.bar = cli.Progress("[train] step", total, "step", print if r.rank == 0 else (lambda *a: None),
+                         start=r.start_epoch * r.steps_per_epoch)
 
-    def train_step(self, epoch, step, batch):
-        """One optimizer step: grad_accum micro-batches, this rank's share of each."""
-        cfg, (ids, labels), rank, world = self.cfg, batch, self.rank, self.world
-        self.model.train()
-        n_tok = int((labels[:, 1:] != data.IGNORE).sum().clamp(min=1))
-        loss_sum, micro = 0.0, cfg.batch_size // cfg.grad_accum
-        for a in range(cfg.grad_accum):
-            sl = slice(a * micro + rank * (micro // world), a * micro + (rank + 1) * (micro // world))
-            x, y = ids[sl].to(self.device), labels[sl].to(self.device)
-            with self.autocast():
-                loss = completion_loss(self.ddp, x, y, n_tok) * world
-            sync = world > 1 and a < cfg.grad_accum - 1
-            with self.ddp.no_sync() if sync else contextlib.nullcontext():
-                loss.backward()
-            loss_sum += loss.item() / world
-        if world > 1:                                          # the mean loss, for logging only
-            t = torch.tensor([loss_sum], device=self.device)
-            dist.all_reduce(t)
-            loss_sum = t.item()
-        if not math.isfinite(loss_sum):                        # before the step spoils the adapters
-            raise FloatingPointError(
-                f"loss is {loss_sum} at epoch {epoch + 1} step {step + 1}: stopping; the last good "
-                f"checkpoint {self.ckpt if self.ckpt.exists() else '(none yet)'} is left as it was")
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.adapters, cfg.clip)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.losses.append(round(loss_sum, 6))
-        self.tokens_seen += ids.numel()
-        tok_s, lr = self.tokens_seen / (time.time() - self.t_train), self.sched.get_last_lr()[0]
-        self.bar.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum:.4f} lr {lr:.2e} tok/s {tok_s:.0f}",
-                        keep=(step + 1) % cfg.log_every == 0)
 
-    def checkpoint(self, epoch):
-        self.times["train_s"] = time.time() - self.t_train      # after the last epoch: training
-        if self.rank == 0:
-            files.save_checkpoint(self.ckpt, M.lora_modules(self.model), self.opt, self.score_state,
-                            {"epoch": epoch, "losses": self.losses, "prune_reports": self.prune_reports,
-                             "sched": self.sched.state_dict(), "dense_start": self.results.get("dense_start")})
-        if self.world > 1:
-            dist.barrier()
+def batches(r, epoch):
+    """(global step, (ids, labels)) of one epoch; dropout seeded per epoch (--resume)."""
+    torch.manual_seed(r.cfg.seed * 7919 + epoch)
+    r.model.train()
+    pad = r.tok.pad_id if r.tok.pad_id is not None else r.tok.eos_id
+    for i, batch in enumerate(data.batches(r.encoded, r.cfg.batch_size, r.cfg.seed, epoch, pad, drop_last=True)):
+        yield epoch * r.steps_per_epoch + i, batch
 
-    def finish(self, final):
-        """Plain sparse model saved, evaluated, results.json written atomically."""
-        model, results, times = self.model, self.results, self.times
-        for _, m in M.lora_modules(model):                 # the saved model is plain and sparse
-            m.set_lora(0, 0)
-        results["peak_memory_gb"], results["peak_memory_kind"] = cli.peak_memory(self.device)
-        results.update(losses=self.losses, prune_calls=self.prune_reports,
-                       sparsity=E.sparsity_report(model, final["nm"] if final else None))
-        if self.rank == 0:
-            t0 = time.time()
-            M.save_model(model, self.out / "model")
-            times["save_s"] = time.time() - t0
-            self.evaluate("final")
-        times["total_s"] = time.time() - self.t_run
-        results["times"] = times
-        if self.rank == 0:
-            files.atomic_write_text(json.dumps(results, indent=2, default=str), self.out / "results.json")
-            if self.ckpt.exists() and not self.cfg.keep_checkpoint:   # only --resume needs it
-                self.ckpt.unlink()
-            (self.out / UNFINISHED).unlink(missing_ok=True)
-            _summary(results)
-        return {**results, "model": model, "tokenizer": self.tok, "wall_s": times["total_s"],
-                "peak_gb": results["peak_memory_gb"]}
+
+def train_step(r, epoch, step, batch):
+    """One optimizer step: grad_accum micro-batches, this rank's share of each."""
+    cfg, (ids, labels), rank, world = r.cfg, batch, r.rank, r.world
+    r.model.train()
+    n_tok = int((labels[:, 1:] != data.IGNORE).sum().clamp(min=1))
+    loss_sum, micro = 0.0, cfg.batch_size // cfg.grad_accum
+    for a in range(cfg.grad_accum):
+        sl = slice(a * micro + rank * (micro // world), a * micro + (rank + 1) * (micro // world))
+        x, y = ids[sl].to(r.device), labels[sl].to(r.device)
+        with autocast(r):
+            loss = completion_loss(r.ddp, x, y, n_tok) * world
+        sync = world > 1 and a < cfg.grad_accum - 1
+        with r.ddp.no_sync() if sync else contextlib.nullcontext():
+            loss.backward()
+        loss_sum += loss.item() / world
+    if world > 1:                                          # the mean loss, for logging only
+        t = torch.tensor([loss_sum], device=r.device)
+        dist.all_reduce(t)
+        loss_sum = t.item()
+    if not math.isfinite(loss_sum):                        # before the step spoils the adapters
+        raise FloatingPointError(
+            f"loss is {loss_sum} at epoch {epoch + 1} step {step + 1}: stopping; the last good "
+            f"checkpoint {r.ckpt if r.ckpt.exists() else '(none yet)'} is left as it was")
+    if cfg.clip > 0:
+        torch.nn.utils.clip_grad_norm_(r.adapters, cfg.clip)
+    r.opt.step()
+    r.sched.step()
+    r.opt.zero_grad(set_to_none=True)
+    r.losses.append(round(loss_sum, 6))
+    r.tokens_seen += ids.numel()
+    tok_s, lr = r.tokens_seen / (time.time() - r.t_train), r.sched.get_last_lr()[0]
+    r.bar.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum:.4f} lr {lr:.2e} tok/s {tok_s:.0f}",
+                 keep=(step + 1) % cfg.log_every == 0)
+
+
+def save_checkpoint(r, epoch):
+    """After each epoch: adapters, optimizer, schedule, E7 scores and the run's record so far."""
+    r.times["train_s"] = time.time() - r.t_train      # after the last epoch: training
+    if r.rank == 0:
+        files.save_checkpoint(r.ckpt, M.lora_modules(r.model), r.opt, r.score_state,
+                              {"epoch": epoch, "losses": r.losses, "prune_reports": r.prune_reports,
+                               "sched": r.sched.state_dict(), "dense_start": r.results.get("dense_start")})
+    if r.world > 1:
+        dist.barrier()
+
+
+def finish(r, final):
+    """Plain sparse model saved, evaluated, results.json written atomically."""
+    model, results, times = r.model, r.results, r.times
+    for _, m in M.lora_modules(model):                 # the saved model is plain and sparse
+        m.set_lora(0, 0)
+    results["peak_memory_gb"], results["peak_memory_kind"] = cli.peak_memory(r.device)
+    results.update(losses=r.losses, prune_calls=r.prune_reports,
+                   sparsity=E.sparsity_report(model, final["nm"] if final else None))
+    if r.rank == 0:
+        t0 = time.time()
+        M.save_model(model, r.out / "model")
+        times["save_s"] = time.time() - t0
+        evaluate(r, "final")
+    times["total_s"] = time.time() - r.t_run
+    results["times"] = times
+    if r.rank == 0:
+        files.atomic_write_text(json.dumps(results, indent=2, default=str), r.out / "results.json")
+        if r.ckpt.exists() and not r.cfg.keep_checkpoint:   # only --resume needs it
+            r.ckpt.unlink()
+        (r.out / UNFINISHED).unlink(missing_ok=True)
+        _summary(results)
+    return {**results, "model": model, "tokenizer": r.tok, "wall_s": times["total_s"],
+            "peak_gb": results["peak_memory_gb"]}
 
 
 CHECKPOINT = "checkpoint.safetensors"   # in the output folder until the run has finished (--resume)

@@ -274,15 +274,15 @@ def cached_runs(runs, overwrite, log):
 
 def prune_dense(cfg, dense_dir):
     """wanda / sparsegpt with baseline_order "after" from the saved dense LoRA model of the same
-    seed: train.run's final call (train.Job builds the same PruneOptions and the calibration
+    seed: train.run's final call (train.setup builds the same PruneOptions and the calibration
     windows of cfg.seed; prune_call seeds the call), without training again. method efx: one
     ForeSight call there instead, with the run's compensation (the "_after" rows)."""
-    job = train.Job(cfg)
-    job.model = M.load_model(dense_dir, job.device, job.dtype)
+    r = train.setup(cfg)
+    r.model = M.load_model(dense_dir, r.device, next(r.model.parameters()).dtype)
     efx = cfg.method == "efx"
-    report = job.prune_call("foresight" if efx else cfg.method, tag="final", compensate=efx)
+    report = train.prune_call(r, "foresight" if efx else cfg.method, tag="final", compensate=efx)
     report.pop("maps")
-    return job.model, job.tok, {"prune_calls": [report], "config": dataclasses.asdict(cfg)}
+    return r.model, r.tok, {"prune_calls": [report], "config": dataclasses.asdict(cfg)}
 
 
 def execute(r, tests, ppl_text, corpus, c, log):

@@ -21,43 +21,42 @@ from support import assets, cli, files
 
 
 @dataclasses.dataclass
-class PruneConfig:
-    """The one-shot run; every field is also a flag (--method wanda) and a --config key."""
+class PruneConfig(efx.PruneOptions):
+    """The one-shot run; every field is also a flag (--method wanda) and a --config key. The
+    pruning options (method, sparsity, nm, per, reconstruct, ...) are efx.PruneOptions' fields."""
+    seed: int = 0                # calibration window offsets
     model: str = ""              # HF-layout model directory; "" -> assets.default_model_dir()
-    method: str = "wanda"        # magnitude (E2) | wanda (E3) | sparsegpt (E11) | foresight (E5/E6)
-    sparsity: float = 0.5        # fraction pruned (E8/E9); N/M with --nm
-    nm: str = ""                 # "2:4" or "4:8" for N:M (E10); "" = unstructured
-    per: str = "row"             # row (E8) | layer (E9)
-    foresight_variant: str = "code"    # code (E6, the authors' code) | paper (E5)
-    reconstruct: str = "none"    # none | obs: OBS update of the kept weights for the mask (E16)
     nsamples: int = 32           # calibration windows (Wanda/SparseGPT use 128)
     seqlen: int = 512            # tokens per window, calibration and perplexity
     calib: str = ""              # calibration text file; "" -> general corpus minus held-out tail
     eval_text: str = ""          # perplexity text file; "" -> the held-out tail of the general corpus
     heldout_frac: float = 0.1    # tail of the general corpus kept out of calibration
     eval_windows: int = 32       # at most this many perplexity windows
-    seed: int = 0                # calibration window offsets
+    batch_size: int = 8          # perplexity windows per forward
     device: str = ""             # "" -> model.pick_device() (cuda > mps > cpu)
     dtype: str = "float32"       # float32 | bfloat16 | float16 (weights and hidden states)
-    batch_size: int = 8          # calibration / perplexity windows per forward
-    offload: bool = False        # hidden states on CPU, moved to the device per batch
     save: str = ""               # directory: pruned model (HF layout) + results.json
     results: str = ""            # results JSON; "" = <save>/results.json or runs/prune-<method>-<sparsity>-s<seed>.json
     overwrite: bool = False      # replace an earlier run's --save folder / results file
 
+    def __post_init__(self):     # every value; the paths and outputs: check_config
+        efx.PruneOptions.of(self)    # the pruning options, checked where they are declared
+        if self.pbs:
+            raise ValueError("pbs updates a LoRA adapter, which one-shot pruning has none of: "
+                             "use train.py for pbs")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype!r}, expected one of ('float32', 'bfloat16', 'float16')")
+        if min(self.nsamples, self.batch_size, self.eval_windows) < 1 or self.seqlen < 2:
+            raise ValueError("nsamples, batch_size and eval_windows must be >= 1 and seqlen >= 2, got "
+                             f"{self.nsamples}, {self.batch_size}, {self.eval_windows}, {self.seqlen}")
+        if not 0 <= self.heldout_frac < 1:
+            raise ValueError(f"heldout_frac must be in [0, 1), got {self.heldout_frac}")
+
 
 def check_config(c: PruneConfig) -> PruneConfig:
-    """Every field, before the model is loaded: ValueError with a one-line message. --nm is
-    checked against the model by check_nm_fits in run(), as soon as config.json is read."""
-    efx.PruneOptions(method=c.method, sparsity=c.sparsity, per=c.per, foresight_variant=c.foresight_variant,
-                     reconstruct=c.reconstruct)
-    if c.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype={c.dtype!r}, expected one of ('float32', 'bfloat16', 'float16')")
-    if min(c.nsamples, c.batch_size, c.eval_windows) < 1 or c.seqlen < 2:
-        raise ValueError("nsamples, batch_size and eval_windows must be >= 1 and seqlen >= 2, "
-                         f"got {c.nsamples}, {c.batch_size}, {c.eval_windows}, {c.seqlen}")
-    if not 0 <= c.heldout_frac < 1:
-        raise ValueError(f"heldout_frac must be in [0, 1), got {c.heldout_frac}")
+    """The paths and outputs, before the model is loaded (the values are checked when the
+    PruneConfig is made): ValueError with a one-line message. --nm is checked against the
+    model by check_nm_fits in run(), as soon as config.json is read."""
     for field in ("model", "calib", "eval_text"):
         if getattr(c, field) and not Path(getattr(c, field)).exists():
             raise FileNotFoundError(f"{field}: path {getattr(c, field)!r} does not exist")
@@ -91,9 +90,8 @@ def run(cfg: PruneConfig) -> dict:
     calib_ids, offsets = data.calibration_windows(tok, calib_src, cfg.nsamples, cfg.seqlen, cfg.seed)
     dense = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
     print(f"dense perplexity {dense['ppl']:.3f} ({dense['windows']} windows x {cfg.seqlen})")
-    rep = efx.prune(model, calib_ids, cfg.method, cfg.sparsity, nm=cfg.nm or None, per=cfg.per,
-                    foresight_variant=cfg.foresight_variant, reconstruct=cfg.reconstruct,
-                    offload=cfg.offload, batch_size=cfg.batch_size)
+    rep = efx.prune(model, calib_ids, options=efx.PruneOptions.of(cfg), **cli.prune_reporting())
+    rep["peak_memory_gb"], rep["peak_memory_kind"] = cli.peak_memory(dev)
     pruned = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
     print(f"pruned perplexity {pruned['ppl']:.3f} at sparsity {rep['overall_sparsity']:.4f} "
           f"({cfg.method}, prune call {rep['time_s']:.1f}s)")

@@ -24,8 +24,12 @@ import torch
 
 
 def field_help(cls) -> dict:
-    """{field: its trailing comment} read from the dataclass's source."""
-    return dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+?)\s*$", inspect.getsource(cls), re.M))
+    """{field: its trailing comment} read from the dataclass's source and its bases' (a
+    field the class declares again takes the class's comment)."""
+    helps = {}
+    for c in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        helps.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+?)\s*$", inspect.getsource(c), re.M))
+    return helps
 
 
 def _bool(s):
@@ -184,3 +188,20 @@ class Progress:
         if self.open:
             sys.stdout.write("\n")
             self.open = False
+
+
+def prune_reporting(log=print):
+    """efx.prune's reporting on the command line, as keywords: prune(..., **prune_reporting())
+    gives a progress line over the blocks, ended before any other line the call logs."""
+    bar = None
+
+    def on_block(i, n, block):
+        nonlocal bar
+        bar = bar or Progress("efx.prune: block", n, "block", log)
+        bar.update(i + 1, f"sparsity {block['sparsity']:.4f}")
+
+    def say(line):
+        if bar is not None:
+            bar.end()
+        log(line)
+    return {"log": say, "on_block": on_block}
