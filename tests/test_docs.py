@@ -11,7 +11,7 @@ SOURCES = sorted(p for p in REPO.rglob("*") if p.suffix in (".py", ".sh", ".md")
                  and not {".cache", ".git", "runs"} & set(p.relative_to(REPO).parts))
 
 
-def test_method_doc_defines_every_cited_equation_and_section():
+def test_docs_method_doc_defines_every_cited_equation_and_section():
     method = (REPO / "docs" / "method.md").read_text()
     defined_eqs = set(re.findall(r"\*\*\((E\d+)\)", method))
     defined_secs = set(re.findall(r"^#{2,3} (\d+b?)\.", method, re.M))
@@ -28,14 +28,14 @@ def test_method_doc_defines_every_cited_equation_and_section():
 OUTSIDE = "|".join((r"\.\./" + "shared", "SPEC" + r"\.md", "shared" + " folder"))   # split: not a hit itself
 
 
-def test_nothing_cites_a_path_outside_the_repo():
+def test_docs_nothing_cites_a_path_outside_the_repo():
     bad = [f"{p.relative_to(REPO)}:{i}" for p in SOURCES for i, line in
            enumerate(p.read_text(errors="replace").splitlines(), 1)
            if re.search(OUTSIDE, line)]
     assert bad == []
 
 
-def test_ci_runs_the_readme_test_command():
+def test_docs_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text().splitlines()
     commands = [line.split("#")[0].strip() for line in readme[:12] if line.startswith("pip install")]
     assert len(commands) == 2 and commands[1].endswith("python -m pytest -q tests"), commands
