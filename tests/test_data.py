@@ -75,6 +75,18 @@ def test_s10_truncation_keeps_completion_and_counts():
     assert st == {"examples": 1, "prompt_cut": 0, "completion_cut": 0}
 
 
+def test_s8_lm_objective_windows_supervise_every_token():
+    """--objective lm: consecutive windows of max_len tokens that tile the text, labels equal to
+    the inputs (the loss shifts them), the partial tail dropped; too short a text is refused."""
+    tok = CharTok()
+    text = "abcdefghij" * 5 + "xyz"                                 # 53 characters
+    enc = data.encode_text(tok, text, 10)
+    assert len(enc) == 5 and all(x == y and len(x) == 10 for x, y in enc)
+    assert sum((x for x, _ in enc), []) == tok.encode(text, bos=False)[:50]
+    with pytest.raises(ValueError, match="fewer than one window of max_len=64"):
+        data.encode_text(tok, text, 64)
+
+
 def test_s10_batches_right_padding_and_masks():
     tok = CharTok()
     exs = [{"prompt": "p" * n, "completion": " c" * (n % 3 + 1)} for n in range(1, 8)]
@@ -263,8 +275,9 @@ def test_s10_default_domain_med_counts():
     d = data.default_domain("med")
     assert d["split"]["counts"] == {"medmcqa": {"train": 240, "test": 60},
                                     "medication_dose": {"train": 80, "test": 20}}
-    assert len(d["train"]) == 320 and len(d["ppl_text"]) > 600_000
+    assert len(d["train"]) == 320 and len(d["ppl_text"]) > 300_000
     _no_leak(d)
+    _halves(d)
     assert data.default_domain("med") == d                          # fixed split
     short = data.default_domain("med", ppl_chars=10_000)["ppl_text"]
     assert 5_000 < len(short) <= 10_000 and d["ppl_text"].startswith(short + "\n\n")
@@ -275,12 +288,35 @@ def test_s10_default_domain_legal_counts():
     assert d["split"]["counts"] == {"us_tort_law": {"train": 272, "test": 68},
                                     "illinois_law": {"train": 91, "test": 22},
                                     "ballots": {"train": 17, "test": 4}}
-    assert 50_000 < len(d["ppl_text"]) < 100_000
+    assert 25_000 < len(d["ppl_text"]) < 50_000
     _no_leak(d)
+    _halves(d)
     facts = lambda exs: {e["prompt"].split("\nClaim:")[0] for e in exs if e["task"] == "illinois_law"}
     assert not facts(d["train"]) & facts(d["test"]["illinois_law"])  # a case never spans the split
     assert all(e["reference"] and e["reference"] not in e["prompt"] for e in d["test"]["ballots"])
     assert data.default_domain("legal", seed=1)["test"] != d["test"]
+
+
+def _halves(d):
+    """The domain text is cut at a document boundary into two halves of about equal length:
+    no document of the training half is in the held-out perplexity half."""
+    held, trained = d["ppl_text"].split("\n\n"), d["train_text"].split("\n\n")
+    assert 0.45 < len(d["ppl_text"]) / (len(d["ppl_text"]) + len(d["train_text"])) < 0.55
+    assert not set(held) & set(trained) and held[-1] and trained[0]
+
+
+def test_s10_topics_is_a_balanced_four_way_task_on_passages_no_domain_uses():
+    d = data.default_domain("topics")
+    assert d["split"]["counts"] == {"topics": {"train": 480, "test": 120}}
+    assert d["ppl_text"] == "" and d["train_text"] == ""
+    every = d["train"] + d["test"]["topics"]
+    assert [sum(e["label"] == k for e in every) for k in range(4)] == [150] * 4
+    assert all(e["choices"] == [" arts", " history", " physics", " technology"] for e in every)
+    assert all(e["completion"] == e["choices"][e["label"]] and len(e["prompt"]) < 600 for e in every)
+    _no_leak(d)
+    med = data.default_domain("med")
+    text = med["ppl_text"] + med["train_text"]
+    assert not any(e["prompt"].split("\n\n")[0][:200] in text for e in every[::10])
 
 
 def _no_leak(d):
@@ -298,7 +334,7 @@ def test_s10_general_corpus_disjoint_from_ppl_text():
     for name in ("med", "legal"):
         docs = data.default_domain(name)["ppl_text"].split("\n\n")
         assert not any(doc in g for doc in docs[:: max(1, len(docs) // 50)] if len(doc) > 200), name
-    with pytest.raises(ValueError, match="'med' or 'legal'"):
+    with pytest.raises(ValueError, match="one of .'med', 'legal', 'topics'"):
         data.default_domain("finance")
 
 

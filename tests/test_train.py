@@ -472,6 +472,30 @@ def test_s8_lr_factor_hand_values():
     assert train.prune_points(3, 5) == [5, 10]     # defaults: every epoch boundary, no step rule
 
 
+def test_s8_lm_objective_trains_every_token_of_the_text(base, monkeypatch):
+    """--objective lm: the training items are windows of --train_text, each token supervised
+    (the loss counts max_len - 1 targets a row); --train and --train_text each need their own
+    objective."""
+    seen = []
+    real = train.completion_loss
+
+    def loss(model, ids, labels, n_tokens):
+        if model.training:
+            seen.append((ids.shape, int((labels[:, 1:] != data.IGNORE).sum()), n_tokens))
+        return real(model, ids, labels, n_tokens)
+    monkeypatch.setattr(train, "completion_loss", loss)
+    cfg = base("lm", train="", objective="lm", max_len=16, epochs=1)
+    text_windows = len(data.encode_text(files.load_tokenizer(cfg["model"]),
+                                        Path(cfg["calib"]).read_text(), 16))
+    res = train.run({**cfg, "train_text": cfg["calib"]})
+    assert res["train_examples"] == text_windows and len(seen) == text_windows // 4
+    assert all(shape == (4, 16) and n == 4 * 15 == n_tok for shape, n, n_tok in seen)
+    with pytest.raises(ValueError, match="--train_text is the text of --objective lm"):
+        train.TrainConfig(train_text=cfg["calib"])
+    with pytest.raises(ValueError, match="--train_text is the text of --objective lm"):
+        train.TrainConfig(train=base()["train"], objective="lm")
+
+
 def test_s8_prune_options_carry_the_run_config():
     """prune_options: compensation (PBS, E16) only when asked, the run's mask_lr, nm, per,
     variant and offload, the call's seed."""
