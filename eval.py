@@ -451,7 +451,7 @@ class EvalConfig:
     """One evaluation; every field is a flag (--seqlen 512) and a --config key."""
     model: str = ""              # HF-layout model directory ("" = the built-in default model)
     name: str = ""               # run name in the table, results and predictions ("" = from --model)
-    domain: str = ""             # built-in test sets and perplexity text: med | legal
+    domain: str = ""             # built-in test sets and perplexity text: med | legal | topics
     tasks: list = dataclasses.field(default_factory=list)   # JSONL task files (method §10); name = file stem
     ppl_file: str = ""           # text file for perplexity ("" = the domain's)
     out: str = ""                # folder for results.json, results.md, predictions.jsonl ("" = runs/eval-<name>)
@@ -467,7 +467,7 @@ class EvalConfig:
     def __post_init__(self):     # every value, before a model is loaded
         if not (self.domain or self.tasks):
             raise ValueError("need one of --domain / --tasks")
-        for field, allowed in (("domain", ("", "med", "legal")), ("mode", ("loglik", "generate")),
+        for field, allowed in (("domain", ("", *data.DOMAINS)), ("mode", ("loglik", "generate")),
                                ("dtype", ("float32", "bfloat16", "float16"))):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r}, expected one of {allowed}")

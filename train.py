@@ -7,10 +7,11 @@
 
 --method efx: LoRA with intermediate ForeSight calls (E5/E6, score average E7, compensation
 E12-E16) and a final call; dense: LoRA merged at the end (the 100 % of "% of dense"); wanda,
-sparsegpt, magnitude: LoRA -> merge -> prune (--baseline_order after, the paper) or prune ->
-LoRA -> merge -> prune (both, the reference repo). Output in --out: the final model (HF
-layout, sparse, merged), results.json (config, versions, timings, peak memory, sparsity,
-losses, metrics) and checkpoint.safetensors, replaced atomically each epoch (--resume).
+sparsegpt, magnitude: LoRA -> merge -> prune (--baseline_order after, the paper), prune ->
+LoRA -> masked merge (before: the mask held) or prune -> LoRA -> merge -> prune (both, the
+reference repo). Output in --out: the final model (HF layout, sparse, merged), results.json
+(config, versions, timings, peak memory, sparsity, losses, metrics) and
+checkpoint.safetensors, replaced atomically each epoch (--resume).
 """
 import contextlib
 import dataclasses
@@ -61,7 +62,7 @@ class TrainConfig(efx.PruneOptions):
     sparsity_ramp: str = "none"     # none | cubic: call k of K prunes rho (1 - (1 - k/K)^3)
     prune_every: int = 1            # intermediate call before epoch e when e >= 1, e % k == 0
     prune_every_steps: int = 0      # > 0: every k optimizer steps instead of epochs
-    baseline_order: str = "after"   # after (paper) | both (reference repo)
+    baseline_order: str = "after"   # after: LoRA, merge, prune (paper) | before: prune, LoRA, masked merge | both: prune, LoRA, merge, prune (reference repo)
     # LoRA and optimisation
     lora_r: int = 8                 # LoRA rank r
     lora_alpha: float = 16.0        # LoRA alpha; scale s = alpha / r
@@ -102,7 +103,7 @@ class TrainConfig(efx.PruneOptions):
         except ValueError as e:
             raise ValueError(f"config: {e}") from None
         for field, allowed in (("sparsity_ramp", ("none", "cubic")), ("lr_schedule", ("cosine", "linear")),
-                               ("baseline_order", ("after", "both")), ("objective", ("task", "lm")),
+                               ("baseline_order", ("after", "before", "both")), ("objective", ("task", "lm")),
                                ("domain", data.DOMAINS)):
             need(getattr(self, field) in allowed, f"{field}={getattr(self, field)!r}, expected one of {allowed}")
         need(self.lora_r > 0, f"lora_r must be > 0, got {self.lora_r}")
@@ -214,8 +215,9 @@ def run(cfg) -> dict:
     r = setup(cfg)                          # every check, the data, calibration windows, the model
     cfg = r.cfg
     evaluate(r, "dense_start")
-    if cfg.method in BASELINES and cfg.baseline_order == "both":
-        prune_call(r, cfg.method, tag="before-lora")
+    first = None
+    if cfg.method in BASELINES and cfg.baseline_order in ("before", "both"):
+        first = prune_call(r, cfg.method, tag="before-lora")
     attach_lora(r)                          # frozen base, float32 adapters, AdamW, --resume
     points = prune_points(cfg.epochs, r.steps_per_epoch, cfg.prune_every, cfg.prune_every_steps) \
         if cfg.method == "efx" else []      # optimizer steps before which efx prunes
@@ -228,6 +230,9 @@ def run(cfg) -> dict:
         save_checkpoint(r, epoch)
     if cfg.method == "efx":                 # final call: no E7; its masked merge is the merge (E0)
         final = prune_call(r, "foresight", tag="final", compensate=cfg.compensate_final)
+    elif cfg.baseline_order == "before" and first is not None:   # the mask held: a masked merge
+        M.merge_lora(r.model, {n: m.weight != 0 for n, m in M.lora_modules(r.model)})
+        final = first
     else:                                   # baselines: merge, then prune once; dense: merge
         M.merge_lora(r.model)
         final = prune_call(r, cfg.method, tag="final") if cfg.method != "dense" else None

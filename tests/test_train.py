@@ -496,6 +496,28 @@ def test_s8_lm_objective_trains_every_token_of_the_text(base, monkeypatch):
         train.TrainConfig(train=base()["train"], objective="lm")
 
 
+def test_s8_baseline_before_holds_the_first_mask_through_lora(base, monkeypatch):
+    """--baseline_order before: one pruning call before LoRA, then the masked merge keeps
+    exactly that mask while the adapters' update reaches the kept weights."""
+    log = record_calls(monkeypatch)
+    masks = {}
+    real = efx.prune
+
+    def prune(model, calib_ids, **kw):
+        rep = real(model, calib_ids, **kw)
+        masks.update({n: m.weight.detach() != 0 for n, m in M.lora_modules(model)})
+        masks["W"] = {n: m.weight.detach().clone() for n, m in M.lora_modules(model)}
+        return rep
+    monkeypatch.setattr(efx, "prune", prune)
+    res = train.run(base(method="wanda", baseline_order="before", lr=1e-2))
+    assert [c[:2] for c in log["calls"]] == [(0, "wanda")]
+    moved = 0
+    for n, m in M.lora_modules(res["model"]):
+        assert torch.equal(m.weight != 0, masks[n]), n                  # the mask held
+        moved += int((m.weight - masks["W"][n]).abs().max() > 0)        # LoRA merged into it
+    assert moved == len(masks["W"]) and res["sparsity"]["overall"]["sparsity"] == 0.5
+
+
 def test_s8_prune_options_carry_the_run_config():
     """prune_options: compensation (PBS, E16) only when asked, the run's mask_lr, nm, per,
     variant and offload, the call's seed."""
