@@ -104,7 +104,7 @@ def run(cfg: PruneConfig) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"results -> {out}")
-    return results
+    return {**results, "model": model, "tokenizer": tok}   # the pruned model, in memory
 
 
 if __name__ == "__main__":
