@@ -43,9 +43,13 @@ from support import cli, files
 # "efx_published" the authors' method (E6, PBS E14 before the merge, method §7 note). The
 # "_after" rows are ablations of the schedule: one ForeSight call on the dense LoRA model
 # (E6 alone; E6 + E16), the baselines' "after" order, no pruning during training.
-METHODS = {"dense_lora": {"method": "dense"},
+METHODS = {"dense_start": {"method": "dense"},       # the pretrained model, not fine-tuned
+           "dense_lora": {"method": "dense"},
            "wanda_lora": {"method": "wanda"},
            "sparsegpt_lora": {"method": "sparsegpt"},
+           "magnitude_lora": {"method": "magnitude"},     # a floor
+           "wanda_before": {"method": "wanda", "baseline_order": "before"},       # prune, then LoRA
+           "sparsegpt_before": {"method": "sparsegpt", "baseline_order": "before"},   # with the mask held
            "efx": {"method": "efx"},
            "efx_published": {"method": "efx", "pbs": True, "pbs_variant": "paper",
                              "reconstruct": "none", "compensate_final": False},
@@ -54,10 +58,14 @@ METHODS = {"dense_lora": {"method": "dense"},
            "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"},
            "foresight_after": {"method": "efx", "pbs": False, "reconstruct": "none"},
            "efx_after": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
-BASELINES = ("wanda_lora", "sparsegpt_lora")     # "best baseline": the lower mean perplexity
-AFTER = BASELINES + ("foresight_after", "efx_after")    # rows that prune the dense LoRA model
+# "best baseline": the lowest mean perplexity of these at a sparsity (magnitude is a floor)
+BASELINES = ("wanda_lora", "sparsegpt_lora", "wanda_before", "sparsegpt_before")
+# rows that prune the dense LoRA model of their seed instead of training
+AFTER = ("wanda_lora", "sparsegpt_lora", "magnitude_lora", "foresight_after", "efx_after")
+EFX_ROWS = ("efx_published", "efx_e16", "efx")     # set against every baseline (per_baseline)
 # What one part of the method changes: (row, the row without that part, the part), paired.
-CONTRASTS = [("efx_published", "efx_none", "PBS as published (E14, before the masked merge)"),
+CONTRASTS = [("dense_lora", "dense_start", "fine-tuning: dense LoRA against the dense start"),
+             ("efx_published", "efx_none", "PBS as published (E14, before the masked merge)"),
              ("efx_e15", "efx_none", "Gram PBS (E15)"),
              ("efx_e16", "efx_none", "OBS reconstruction (E16)"),
              ("efx_none", "foresight_after", "pruning during training (E7 average), no compensation"),
@@ -130,7 +138,8 @@ def metric_items(run, key):
 @dataclasses.dataclass
 class CompareConfig:
     """One study; every field is a flag (--seeds 0 1 2) and a --config key."""
-    domain: str = "med"          # built-in domain (med | legal) for training and test data, unless --train
+    domain: str = "med"          # built-in domain (med | legal | topics) for training and test data, unless --train
+    objective: str = "task"      # task: train on the tasks' completions | lm: on every token of the domain's training half
     train: str = ""              # JSONL task file to fine-tune on instead of the domain's split
     tasks: list = dataclasses.field(default_factory=list)   # JSONL task files to test on too (name = file stem)
     test_tasks: list = dataclasses.field(default_factory=list)   # keep only these test tasks by name ([] = all)
@@ -155,8 +164,10 @@ class CompareConfig:
     boot_seed: int = 0           # seed of the resampling
 
     def __post_init__(self):
-        if not self.train and self.domain not in ("med", "legal"):
-            raise ValueError(f"domain={self.domain!r}, expected one of ('med', 'legal') or --train FILE")
+        if not self.train and self.domain not in data.DOMAINS:
+            raise ValueError(f"domain={self.domain!r}, expected one of {data.DOMAINS} or --train FILE")
+        if self.objective not in ("task", "lm") or (self.objective == "lm" and self.train):
+            raise ValueError(f"objective={self.objective!r}: expected task, or lm on a built-in domain's text")
         if self.train and not (self.tasks or self.ppl_file):
             raise ValueError("--train needs something to test on: --tasks FILE.jsonl and / or --ppl_file")
         if not all(0 <= s < 1 for s in self.sparsity + self.curve) or set(self.sparsity) & set(self.curve):
@@ -180,7 +191,8 @@ class CompareConfig:
 
 
 # train.py fields compare.py sets per run, and those that do not change a run's numbers.
-SET_HERE = ("method", "sparsity", "seed", "out", "overwrite", "resume", "eval", "domain", "train", "test", "ppl_file")
+SET_HERE = ("method", "sparsity", "seed", "out", "overwrite", "resume", "eval", "domain", "train", "test", "ppl_file",
+            "objective", "train_text")
 NOT_RUN = ("out", "overwrite", "resume", "log_every", "eval", "eval_max", "eval_seqlen", "eval_ppl_windows",
            "test", "ppl_file")
 
@@ -197,10 +209,10 @@ def budget(c):
 
 
 def study_data(c):
-    """(training examples, {task: test examples}, perplexity text, corpus name): one split,
-    the same for every seed and method (the built-in domains split with seed 0)."""
+    """(training examples or text, {task: test examples}, perplexity text, corpus name): one
+    split, the same for every seed and method (the built-in domains split with seed 0)."""
     dom = {} if c.train else data.default_domain(c.domain, seed=0, test_frac=c.test_frac)
-    examples = data.load_jsonl_tasks(c.train) if c.train else dom["train"]
+    examples = data.load_jsonl_tasks(c.train) if c.train else dom["train_text" if c.objective == "lm" else "train"]
     tests = {**dom.get("test", {}), **{Path(f).stem: data.load_jsonl_tasks(f) for f in c.tasks}}
     if set(c.test_tasks) - set(tests):
         raise ValueError(f"test_tasks: unknown {sorted(set(c.test_tasks) - set(tests))}, "
@@ -226,15 +238,18 @@ def plan(c, base, split, tasks, evaluation):
     identity its fingerprint hashes: the config (seed, sparsity and the method's fields
     included; not where it writes), the training data, the calibration text, the evaluation
     settings, test items and perplexity text."""
-    out, runs, train_file = Path(c.out), [], split / "train.jsonl"
-    fixed = {"overwrite": True, "eval": False, "train": str(train_file),   # evaluation: here, alike
+    lm = c.objective == "lm"
+    out, runs, train_file = Path(c.out), [], split / ("train.txt" if lm else "train.jsonl")
+    fixed = {"overwrite": True, "eval": False, "objective": c.objective,   # evaluation: here, alike
+             "train_text" if lm else "train": str(train_file),
              "test": [str(split / "test" / f"{t}.jsonl") for t in tasks]}
     calib = _digest(Path(base["calib"]).read_text()) if base.get("calib") else "general_corpus"
     sources = {"train": _digest(train_file.read_text()), "calib": calib}
-    grid = [("dense_lora", 0.0, True)] + [(m, s, True) for s in c.sparsity for m in c.methods if m != "dense_lora"]
+    dense = [(m, 0.0, True) for m in ("dense_lora", "dense_start") if m == "dense_lora" or m in c.methods]
+    grid = dense + [(m, s, True) for s in c.sparsity for m in c.methods if not m.startswith("dense_")]
     curve = [[(m, s, False) for m in c.curve_methods if m != "dense_lora"] for s in c.curve]
     for seed, (method, s, full) in [(seed, g) for part in [grid] + curve for seed in c.seeds for g in part]:
-        name = f"{method}-s{seed}" if method == "dense_lora" else f"{method}-{100 * s:g}-s{seed}"
+        name = f"{method}-s{seed}" if method.startswith("dense_") else f"{method}-{100 * s:g}-s{seed}"
         where = out / "models" / f"dense-s{seed}" if method == "dense_lora" else out / "work" / name
         cfg = cli.make(train.TrainConfig, {**base, **METHODS[method], **fixed, "sparsity": s, "seed": seed,
                                            "out": str(where)})
@@ -242,7 +257,9 @@ def plan(c, base, split, tasks, evaluation):
         ident = {"run": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN},
                  "data": sources, "row": method, "reuse_dense": reuse,
                  "eval": evaluation if full else {**evaluation, "tests": "none"}}
-        ident["run"]["train"] = "data.train"            # the file's content, not its path
+        if method == "dense_start":                     # not trained: not dense_lora's twin
+            ident["untrained"] = True
+        ident["run"]["train_text" if lm else "train"] = "data.train"   # the file's content, not its path
         runs.append(dict(name=name, method=method, sparsity=s, seed=seed, cfg=cfg, reuse=reuse, full=full,
                          identity=ident, fingerprint=_digest(ident), path=out / "runs" / f"{name}.json",
                          dense=out / "models" / f"dense-s{seed}" / "model",
@@ -288,7 +305,10 @@ def prune_dense(cfg, dense_dir):
 def execute(r, tests, ppl_text, corpus, c, log):
     """Train (or prune the dense model), evaluate, and return the record cached for the run."""
     t0 = time.time()
-    if r["reuse"]:
+    if r["method"] == "dense_start":        # the pretrained model as it is: what fine-tuning moves
+        rs = train.setup(r["cfg"])
+        model, tok, trained = rs.model, rs.tok, {"config": dataclasses.asdict(r["cfg"])}
+    elif r["reuse"]:
         model, tok, trained = prune_dense(r["cfg"], r["dense"])
     else:
         trained = train.run(r["cfg"])
@@ -319,7 +339,10 @@ def study(c, log=print):
         raise ValueError("nothing to evaluate: no test tasks and no perplexity text")
     split = out / "data"                                      # the split, as task files
     (split / "test").mkdir(parents=True, exist_ok=True)
-    data.save_jsonl_tasks(examples, split / "train.jsonl")
+    if c.objective == "lm":
+        (split / "train.txt").write_text(examples)
+    else:
+        data.save_jsonl_tasks(examples, split / "train.jsonl")
     for task, exs in tests.items():
         data.save_jsonl_tasks(exs, split / "test" / f"{task}.jsonl")
     evaluation = {"seqlen": c.seqlen, "ppl_max_windows": c.ppl_max_windows, "corpus": corpus,
@@ -345,10 +368,12 @@ def study(c, log=print):
         bar.update(n, f"{r['name']} finished in {rec['wall_s']:.0f}s", keep=True)
     log(f"[compare] statistics: {c.n_boot} hierarchical bootstrap resamples per interval")
     rows, best, contrasts = aggregate(c, runs, done)
-    table = markdown(rows, best, c) + contrast_table(contrasts)
+    against = per_baseline(c, rows, done)
+    table = markdown(rows, best, c) + contrast_table(contrasts) + per_baseline_table(against)
     results = {"config": dataclasses.asdict(c), "budget": base, "evaluation": evaluation,
-               "test_items": {k: len(v) for k, v in tests.items()}, "train_examples": len(examples),
-               "best_baseline": best, "rows": rows, "contrasts": contrasts,
+               "test_items": {k: len(v) for k, v in tests.items()}, "train_examples": len(examples) if c.objective == "task" else None,
+               "train_text_chars": len(examples) if c.objective == "lm" else None,
+               "best_baseline": best, "rows": rows, "contrasts": contrasts, "per_baseline": against,
                "runs": [f"runs/{r['path'].name}" for r in runs]}
     E.write(out, results, table)
     figure(rows, out / "ppl_vs_sparsity.png", log)
@@ -393,8 +418,39 @@ def aggregate(c, runs, done):
             row["vs_best"] = versus(row, b, done, boot)
     at = {(r["method"], r["sparsity"]): r for r in rows}
     contrasts = [{"row": a, "without": b, "part": part, "sparsity": s, "diff": versus(at[a, s], at[b, s], done, boot)}
-                 for s in c.sparsity + c.curve for a, b, part in CONTRASTS if (a, s) in at and (b, s) in at]
+                 for s in [0.0] + c.sparsity + c.curve for a, b, part in CONTRASTS if (a, s) in at and (b, s) in at]
     return rows, best, contrasts
+
+
+def per_baseline(c, rows, done):
+    """EfficientXpert's rows (EFX_ROWS) against every baseline at each sparsity: the paired
+    differences and, per seed, the sign of the difference (the seed's own metric values)."""
+    at, boot, out = {(r["method"], r["sparsity"]): r for r in rows}, dict(n_boot=c.n_boot, seed=c.boot_seed), []
+    for s in c.sparsity:
+        for a in (m for m in EFX_ROWS if (m, s) in at):
+            for b in (m for m in BASELINES + ("magnitude_lora",) if (m, s) in at):
+                ra, rb = at[a, s], at[b, s]
+                d = versus(ra, rb, done, boot)
+                signs = {k: "".join("+" if x > y else "-" if x < y else "0"
+                                    for x, y in zip(ra["per_seed"][k], rb["per_seed"][k])) for k in d}
+                out.append({"row": a, "baseline": b, "sparsity": s, "diff": d, "seed_signs": signs})
+    return out
+
+
+def per_baseline_table(items):
+    """One line per (EfficientXpert row, baseline): Δ [interval] flip, and the per-seed signs."""
+    if not items:
+        return ""
+    keys = sorted(dict.fromkeys(k for x in items for k in x["diff"]), key=lambda k: k != "ppl")
+    lines = ["", "| row − baseline | sparsity | " + " | ".join(f"Δ {k} (per-seed signs)" for k in keys) + " |",
+             "|" + "---|" * (len(keys) + 2)]
+    for x in items:
+        cells = [f"{x['row']} − {x['baseline']}", f"{x['sparsity']:.0%}"]
+        cells += [f"{_delta(x['diff'], k)} ({x['seed_signs'][k]})" if k in x["diff"] else "-" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ("Per-seed signs: + where the row's seed value is higher (for ppl: worse), one character "
+            "per seed in seed order. A difference is beyond the noise when its interval excludes 0.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def versus(row, other, done, boot):

@@ -319,3 +319,23 @@ def test_s9_figure_draws_every_method(tmp_path, monkeypatch):
     path = compare.figure(rows, tmp_path / "f.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert labels == ["dense_lora", "wanda_lora", "efx"]
+
+
+def test_s9_dense_start_row_and_every_baseline_against_the_efx_rows(study, monkeypatch):
+    """dense_start is evaluated untrained (not dense_lora's twin; the first contrast is the
+    fine-tuning's gain); prune-then-LoRA runs train.run with the mask held; every EFX row is
+    set against every baseline, with one sign per seed."""
+    calls = _count(monkeypatch)
+    res = compare.study(study("b", methods=["dense_start", "wanda_lora", "wanda_before", "efx_none",
+                                            "efx_e16"], seeds=[0, 1]), log=lambda *_: None)
+    assert ("train", "wanda", 0) in calls and ("prune", "wanda", 0) in calls   # before trains; _lora reuses
+    by = {(r["method"], r["sparsity"]): r for r in res["rows"]}
+    start, dense = by["dense_start", 0.0], by["dense_lora", 0.0]
+    assert start["metrics"]["ppl"]["mean"] != dense["metrics"]["ppl"]["mean"]
+    assert res["contrasts"][0]["row"] == "dense_lora" and res["contrasts"][0]["without"] == "dense_start"
+    pairs = {(x["row"], x["baseline"]) for x in res["per_baseline"]}
+    assert pairs == {("efx_e16", "wanda_lora"), ("efx_e16", "wanda_before")}
+    x = res["per_baseline"][0]
+    a, b = by[x["row"], 0.5]["per_seed"]["ppl"], by[x["baseline"], 0.5]["per_seed"]["ppl"]
+    assert x["seed_signs"]["ppl"] == "".join("+" if p > q else "-" if p < q else "0" for p, q in zip(a, b))
+    assert "efx_e16 − wanda_before" in res["table"]
