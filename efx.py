@@ -7,10 +7,12 @@ Implements method §3-8 (equations E1-E16) on the model of model.py:
   E8-E10 per-row, per-layer and N:M masks                        -> select_mask()
   E11 SparseGPT (the baseline, kept bug-compatible)              -> sparsegpt_prune() (obs.py)
   E12-E14 Partial Brain Surgeon (update only the LoRA B)         -> pbs_update()
+  §7 note: the merged map's error split into pruned / kept parts -> merge_error_parts()
   E15 Gram PBS: B only, full H, survives the masked merge         -> gram_pbs_update()
   E16 OBS reconstruction of the kept weights for a given mask     -> sparsegpt_prune(mask=) (obs.py)
 Pure matrix functions take (out, in) = (m, n) weights as torch stores them; "lower score
 is pruned first"; masks are bool with True = keep.
+"# BEGIN / END SOLUTION Tn" lines mark the bodies a course student writes (course.py, docs/course.md).
 
 One-shot pruning from the command line: python -m drivers.prune. Tests: python -m pytest -q tests/test_efx.py
 """
@@ -37,7 +39,9 @@ def magnitude_score(W):
 
 def wanda_score(W, h):
     """method (E3): S_ab = |W_ab| * xi_b with xi = sqrt(h) (E1), h the column energy (n,)."""
+    # BEGIN SOLUTION T3
     return W.abs() * h.sqrt().unsqueeze(0)
+    # END SOLUTION T3
 
 
 def _heads(name, Ws, n_heads, n_kv_heads):
@@ -56,6 +60,7 @@ def consumer_energy(name, Ws, n_heads, n_kv_heads):
     Query head h reads kv head floor(h/g), so kv head gamma serves query heads gamma*g ..
     gamma*g+g-1: viewing per-unit values of q (or o's columns) as (n_kv, g, d_h) groups them by kv head."""
     d_h, g = _heads(name, Ws, n_heads, n_kv_heads)
+    # BEGIN SOLUTION T3
     if name == "q_proj":   # ||K_{gamma(h) d_h + c, :}||^2, repeated over the g heads of gamma
         return Ws["k_proj"].square().sum(1).view(n_kv_heads, d_h).repeat(1, g).reshape(-1)
     if name == "k_proj":   # sum over the g query heads of ||Q_{h d_h + c, :}||^2
@@ -67,11 +72,13 @@ def consumer_energy(name, Ws, n_heads, n_kv_heads):
     if name in ("gate_proj", "up_proj"):
         return Ws["down_proj"].square().sum(0)
     return Ws["down_proj"].new_ones(Ws["down_proj"].shape[0])   # down_proj: residual stream
+    # END SOLUTION T3
 
 
 def partner_factor(name, Ws, n_heads, n_kv_heads):
     """method (E6) table: phi, broadcastable to (m, n). Ws hold W + B A (no scale, as the code)."""
     d_h, g = _heads(name, Ws, n_heads, n_kv_heads)
+    # BEGIN SOLUTION T3
     if name == "q_proj":   # row (h, c): ||K_gamma(h)[:, b]|| over the d_h rows of kv head gamma(h)
         k = Ws["k_proj"].square().view(n_kv_heads, d_h, -1).sum(1).sqrt()      # (n_kv, n)
         return k.repeat_interleave(g * d_h, dim=0)
@@ -85,26 +92,31 @@ def partner_factor(name, Ws, n_heads, n_kv_heads):
     if name in ("gate_proj", "up_proj"):  # row b of down_proj, indexed by the INPUT b (as the code)
         return Ws["down_proj"].norm(dim=1).unsqueeze(0)
     return Ws["down_proj"].new_ones(1, 1)                       # down_proj
+    # END SOLUTION T3
 
 
 def foresight_score(name, Ws, h, n_heads, n_kv_heads, variant="paper"):
     """ForeSight score of map `name` of one block: variant "paper" (E5) with
     Ws = {map: W + s B A}, variant "code" (E6) with Ws = {map: W + B A} (reference code)."""
+    if variant not in ("paper", "code"):
+        raise ValueError(f"foresight_variant must be 'paper' or 'code', got {variant!r}")
+    # BEGIN SOLUTION T3
     W = Ws[name]
     if variant == "paper":
         return W.square() * h.unsqueeze(0) * consumer_energy(name, Ws, n_heads, n_kv_heads).unsqueeze(1)
-    if variant == "code":
-        return wanda_score(W, h) * partner_factor(name, Ws, n_heads, n_kv_heads)
-    raise ValueError(f"foresight_variant must be 'paper' or 'code', got {variant!r}")
+    return wanda_score(W, h) * partner_factor(name, Ws, n_heads, n_kv_heads)
+    # END SOLUTION T3
 
 
 def average_score(S, prev, mask_lr=0.5):
     """method (E7): S_bar = eta S + (1 - eta) S_bar_prev, eta = mask_lr; S when there is no prev."""
+    if prev is not None and prev.shape != S.shape:
+        raise ValueError(f"score_state: stored score {tuple(prev.shape)} != new {tuple(S.shape)}")
+    # BEGIN SOLUTION T3
     if prev is None:
         return S
-    if prev.shape != S.shape:
-        raise ValueError(f"score_state: stored score {tuple(prev.shape)} != new {tuple(S.shape)}")
     return mask_lr * S + (1 - mask_lr) * prev.to(S.device, S.dtype)
+    # END SOLUTION T3
 
 
 # ---------------------------------------------------------------- masks (E8-E10)
@@ -125,11 +137,13 @@ def select_mask(scores, sparsity, nm=None, per="row"):
     m, n = scores.shape
     if nm is not None:
         _check_nm(nm, n, "scores")
-        rows, k = scores.reshape(-1, nm[1]), nm[0]
     elif not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     elif per not in ("row", "layer"):
         raise ValueError(f"per must be 'row' or 'layer', got {per!r}")
+    # BEGIN SOLUTION T3
+    if nm is not None:
+        rows, k = scores.reshape(-1, nm[1]), nm[0]
     else:                 # int() as Wanda does: floor for positive values
         rows = scores if per == "row" else scores.reshape(1, -1)
         k = int(rows.shape[1] * sparsity)
@@ -144,6 +158,7 @@ def select_mask(scores, sparsity, nm=None, per="row"):
     below, tie = rows < thr, rows == thr
     pruned = below | (tie & (tie.cumsum(1) <= k - below.sum(1, keepdim=True)))
     return (~pruned).view(m, n)
+    # END SOLUTION T3
 
 
 # ---------------------------------------------------------------- PBS (E12-E14)
@@ -156,6 +171,7 @@ def pbs_update(W, A, B, mask, d, scale, kappa=1.0, lam=None, variant="paper", pb
     solve even at kappa = 1 (tests and the benchmark compare it with E14)."""
     if variant not in ("paper", "code"):
         raise ValueError(f"pbs_variant must be 'paper' or 'code', got {variant!r}")
+    # BEGIN SOLUTION T5
     dt = torch.float64 if torch.float64 in (W.dtype, A.dtype, B.dtype) else torch.float32
     W, A, B, d = W.to(dt), A.to(dt), B.to(dt), d.to(dt)
     s = float(scale) if variant == "paper" else 1.0
@@ -176,6 +192,19 @@ def pbs_update(W, A, B, mask, d, scale, kappa=1.0, lam=None, variant="paper", pb
         L, _ = chol(kappa * G + (1 - kappa) * GP, float(lam), info, "pbs per-row K")
         delta = -torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
     return delta / s
+    # END SOLUTION T5
+
+
+def merge_error_parts(W, A, B, dB, keep, d, scale):
+    """method §7 note: the error E = M * (U + s dB A) - U of the masked merge after a change dB
+    of the adapter, U = W + s B A the pre-call map, in E12's metric, split per row into its
+    part on the pruned coordinates and its part on the kept ones: (sum_P d_b E_ab^2,
+    sum_K d_b E_ab^2), each (m,). Why E12-E14 cannot lower the error right after a call."""
+    # BEGIN SOLUTION T5
+    U = W + scale * (B @ A)
+    E2 = d * (keep * (U + scale * (dB @ A)) - U).square()
+    return (E2 * ~keep).sum(1), (E2 * keep).sum(1)
+    # END SOLUTION T5
 
 
 def gram_pbs_update(W, A, B, mask, H, scale, lam=None, pbs_damp=1e-6, info=None, target=None):
@@ -187,6 +216,7 @@ def gram_pbs_update(W, A, B, mask, H, scale, lam=None, pbs_damp=1e-6, info=None,
     target (m, n): the map to reproduce when it is not U = W + s B A itself (E16 then E15: W
     is E16's reconstruction, B = 0, target the pre-call U); the right side is then
     -A_K H_{K,:} e0^T with e0 = M * U - target, which is the above when target = U."""
+    # BEGIN SOLUTION T5
     dt = torch.float64 if torch.float64 in (W.dtype, A.dtype, B.dtype, H.dtype) else torch.float32
     W, A, B, H = W.to(dt), A.to(dt), B.to(dt), H.to(dt)
     U = W + scale * (B @ A)                                # (m, n)
@@ -199,6 +229,7 @@ def gram_pbs_update(W, A, B, mask, H, scale, lam=None, pbs_damp=1e-6, info=None,
         lam = pbs_damp * ((A @ H) * A).sum(1).mean()       # pbs_damp * mean diag(A H A^T)
     L, _ = chol(G, float(lam), info, "gram pbs A_K H_KK A_K^T")
     return torch.cholesky_solve(rhs, L).squeeze(-1) / scale
+    # END SOLUTION T5
 
 
 # ---------------------------------------------------------------- calibration (section 3, E1)
@@ -240,10 +271,12 @@ def calibrate_block(block, xs, cos, sin, need_H=False, batch_size=8):
     maps, stats, handles = _maps(block), {}, []     # stats: {hooked module: {"h": .., "H": ..}}
 
     def hook(mod, inputs, output):
+        # BEGIN SOLUTION T3
         X = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()    # (tokens, n)
         stats[mod]["h"] += X.square().sum(0)
         if need_H:
             stats[mod]["H"].addmm_(X.T, X)
+        # END SOLUTION T3
 
     try:
         for name, mod in maps.items():

@@ -168,10 +168,12 @@ def prune_points(epochs, steps_per_epoch, prune_every=1, prune_every_steps=0):
     """Global optimizer steps before which an intermediate pruning call runs (method §8):
     the first step of epoch e for e >= 1 with e % prune_every == 0, or with prune_every_steps
     = k every k-th step. The final call (after the last step) is not in this list."""
+    # BEGIN SOLUTION T6
     total = epochs * steps_per_epoch
     if prune_every_steps > 0:
         return [s for s in range(prune_every_steps, total, prune_every_steps)]
     return [e * steps_per_epoch for e in range(1, epochs) if e % prune_every == 0]
+    # END SOLUTION T6
 
 
 def prune_options(c, method, sparsity, *, compensate=False, seed=0):
@@ -186,7 +188,9 @@ def prune_options(c, method, sparsity, *, compensate=False, seed=0):
 def ramp(sparsity, k, K, kind):
     """Sparsity of pruning call k of K (1-based; K = the final call): the target, or with
     "cubic" gradual magnitude pruning's schedule (Zhu & Gupta 2017) rho (1 - (1 - k/K)^3)."""
+    # BEGIN SOLUTION T6
     return sparsity if kind == "none" else sparsity * (1 - (1 - k / K) ** 3)
+    # END SOLUTION T6
 
 
 def lr_factor(step, total, warmup, kind):
@@ -216,6 +220,7 @@ def run(cfg) -> dict:
     r = setup(cfg)                          # every check, the data, calibration windows, the model
     cfg = r.cfg
     evaluate(r, "dense_start")
+    # BEGIN SOLUTION T6
     first = None
     if cfg.method in BASELINES and cfg.baseline_order in ("before", "both"):
         first = prune_call(r, cfg.method, tag="before-lora")
@@ -237,6 +242,7 @@ def run(cfg) -> dict:
     else:                                   # baselines: merge, then prune once; dense: merge
         M.merge_lora(r.model)
         final = prune_call(r, cfg.method, tag="final") if cfg.method != "dense" else None
+    # END SOLUTION T6
     return finish(r, final)
 
 
