@@ -10,12 +10,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repo root holds model.py
 
+import course  # noqa: E402
 import model as M  # noqa: E402
 
 def pytest_configure(config):
     """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    spin-waiting against other processes made a 1 ms forward take 250 ms."""
+    spin-waiting against other processes made a 1 ms forward take 250 ms. The markers t1 .. t6
+    say which course task a test grades (course.py grade, docs/course.md)."""
     torch.set_num_threads(1)
+    for task, title in course.TASKS.items():
+        config.addinivalue_line("markers", f"{task.lower()}: course task {task}, {title}")
 
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -89,6 +89,7 @@ def saved_maps(out):
 
 # ----------------------------------------------------------------------------- schedule
 
+@pytest.mark.t6
 @pytest.mark.parametrize("epochs, spe, every, every_steps, expected", [
     (3, 4, 1, 0, [4, 8]),          # before epochs 1 and 2; the final call is separate
     (4, 4, 2, 0, [8]),             # only e = 2 (e = 4 would be past the end)
