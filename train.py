@@ -80,7 +80,7 @@ class TrainConfig(efx.PruneOptions):
     # calibration (method §3)
     nsamples: int = 16              # calibration windows per pruning call
     seqlen: int = 256               # tokens per calibration window
-    calib: str = ""                 # text file for calibration; "" = built-in general corpus
+    calib: str = ""                 # text file for calibration; "" = built-in general corpus; "train" = the training data
     # evaluation
     eval: bool = True               # evaluate the dense start and the result on the test tasks
     eval_max: int = 0               # at most this many examples per test task (0 = all)
@@ -123,7 +123,7 @@ class TrainConfig(efx.PruneOptions):
              "--train_text is the text of --objective lm; --train the task file of --objective task")
         for name, p in [(n, getattr(self, n)) for n in ("model", "train", "train_text", "calib", "ppl_file")] + \
                 [("test", p) for p in self.test]:
-            need(not p or Path(p).exists(), f"{name}: path {p!r} does not exist")
+            need(not p or Path(p).exists() or (name, p) == ("calib", "train"), f"{name}: path {p!r} does not exist")
         if not self.out:      # named after what the run is, so that no run replaces another
             what = "dense" if self.method == "dense" else \
                 f"{self.method}-{self.nm.replace(':', 'of') if self.nm else round(100 * self.sparsity)}"
@@ -306,7 +306,7 @@ def setup(cfg) -> Run:
     if steps_per_epoch == 0:
         raise ValueError(f"train data {cfg.train or cfg.domain}: {len(encoded)} examples, "
                          f"fewer than one batch of {cfg.batch_size}")
-    calib_ids, offsets = calibration(cfg, tok)
+    calib_ids, offsets = calibration(cfg, tok, train)
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
     probe = next(data.batches(encoded, cfg.batch_size, cfg.seed, 0, pad, drop_last=True))
     times["data_s"] = time.time() - t0
@@ -399,11 +399,16 @@ def _sample(cfg, items, what):
     return [items[i] for i in sorted(pick[:cfg.max_train].tolist())]
 
 
-def calibration(cfg, tok):
+def calibration(cfg, tok, train):
     """The calibration windows of every pruning call (method §3) and their offsets: --calib's
-    text, or the general corpus (about 5x the text the windows need)."""
-    text = Path(cfg.calib).read_text() if cfg.calib else \
-        data.general_corpus(max_chars=max(2_000_000, 40 * cfg.nsamples * cfg.seqlen))
+    text; with --calib train the text the run trains on (lm), or its examples' prompts and
+    completions; else the general corpus (about 5x the text the windows need)."""
+    if cfg.calib == "train":
+        text = train if isinstance(train, str) else "\n\n".join(e["prompt"] + e["completion"] for e in train)
+    elif cfg.calib:
+        text = Path(cfg.calib).read_text()
+    else:
+        text = data.general_corpus(max_chars=max(2_000_000, 40 * cfg.nsamples * cfg.seqlen))
     try:
         return data.calibration_windows(tok, text, cfg.nsamples, cfg.seqlen, cfg.seed)
     except ValueError as e:

@@ -243,7 +243,9 @@ def plan(c, base, split, tasks, evaluation):
     fixed = {"overwrite": True, "eval": False, "objective": c.objective,   # evaluation: here, alike
              "train_text" if lm else "train": str(train_file),
              "test": [str(split / "test" / f"{t}.jsonl") for t in tasks]}
-    calib = _digest(Path(base["calib"]).read_text()) if base.get("calib") else "general_corpus"
+    calib = base.get("calib") or "general_corpus"      # "train": the training data, digested below
+    if calib not in ("general_corpus", "train"):
+        calib = _digest(Path(calib).read_text())
     sources = {"train": _digest(train_file.read_text()), "calib": calib}
     dense = [(m, 0.0, True) for m in ("dense_lora", "dense_start") if m == "dense_lora" or m in c.methods]
     grid = dense + [(m, s, True) for s in c.sparsity for m in c.methods if not m.startswith("dense_")]

@@ -519,6 +519,19 @@ def test_s8_baseline_before_holds_the_first_mask_through_lora(base, monkeypatch)
     assert moved == len(masks["W"]) and res["sparsity"]["overall"]["sparsity"] == 0.5
 
 
+def test_s3_calib_train_calibrates_on_the_training_text(base, monkeypatch):
+    """--calib train: the calibration windows are cut from the text the run trains on."""
+    seen = []
+    real = data.calibration_windows
+    monkeypatch.setattr(data, "calibration_windows", lambda tok, text, *a: seen.append(text) or real(tok, text, *a))
+    cfg = base("ct", train="", objective="lm", calib="train", epochs=1)
+    train.run({**cfg, "train_text": base()["calib"]})
+    assert seen == [Path(base()["calib"]).read_text()]
+    train.run(base("ct2", calib="train", epochs=1))
+    rows = [json.loads(x) for x in Path(base()["train"]).read_text().splitlines()]
+    assert seen[1] == "\n\n".join(r["prompt"] + r["completion"] for r in rows)
+
+
 def test_s8_prune_options_carry_the_run_config():
     """prune_options: compensation (PBS, E16) only when asked, the run's mask_lr, nm, per,
     variant and offload, the call's seed."""
