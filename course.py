@@ -8,9 +8,9 @@ The reference code marks every body a student writes with one comment line at ea
 "# BEGIN SOLUTION T3" and "# END SOLUTION T3". `make` copies the tree (the files git knows,
 never its history), replaces each marked body of a chosen task by one `raise
 NotImplementedError(...)`, drops the marker lines of the other tasks and leaves out the
-instructor's files (LEFT_OUT: the hidden tests). `grade` runs the tests marked t1 .. t6
-(registered in tests/conftest.py), plus those of --hidden, in one pytest session and counts
-one point per passing test. Handouts: course/T1.md .. T6.md; details: docs/course.md.
+instructor's files (LEFT_OUT, the hidden tests among them). `grade` runs the tests marked
+t1 .. t6 (registered in tests/conftest.py), plus those of --hidden, in one pytest session and
+counts one point per passing test. Handouts: course/T1.md .. T6.md; details: docs/course.md.
 """
 import argparse
 import ast
@@ -60,7 +60,9 @@ WHAT = {
     "ramp": "the sparsity ramp, method §8",
     "run": "the pruning calls around the training loop, method §8",
 }
-LEFT_OUT = ("course/hidden/",)    # instructor-only: hidden tests, the model answer of T5
+# Instructor-only, never in a student tree: the hidden tests and T5's model answer; the checks
+# of the reference's markers; the mutation lists (they quote pieces of the reference bodies).
+LEFT_OUT = ("course/hidden/", "tests/test_course.py", "scripts/mutation/")
 SKIP_DIRS = {".git", ".cache", "runs", "__pycache__", ".pytest_cache"}   # without git: never copied
 BEGIN = re.compile(r"(\s*)# BEGIN SOLUTION (T\d+)")
 END = re.compile(r"(\s*)# END SOLUTION (T\d+)")

@@ -32,7 +32,8 @@ def block(n_heads, n_kv, d_h, hidden=8, inter=5, seed=0):
     r = lambda i, *s: rand(*s, seed=seed + i)
     return {"q_proj": r(0, n_heads * d_h, hidden), "k_proj": r(1, n_kv * d_h, hidden),
             "v_proj": r(2, n_kv * d_h, hidden), "o_proj": r(3, hidden, n_heads * d_h),
-            "gate_proj": r(4, inter, hidden), "up_proj": r(5, inter, hidden), "down_proj": r(6, hidden, inter)}
+            "gate_proj": r(4, inter, hidden), "up_proj": r(5, inter, hidden),
+            "down_proj": r(6, hidden, inter)}
 
 
 @pytest.mark.t3
@@ -73,7 +74,8 @@ def test_hidden_e8_e10_ties_and_zero_k():
     assert torch.equal(efx.select_mask(S, 0.3), keep_lowest_pruned(S, 4))
     flat = keep_lowest_pruned(S.reshape(1, -1), int(0.3 * 80)).view(5, 16)
     assert torch.equal(efx.select_mask(S, 0.3, per="layer"), flat)
-    assert torch.equal(efx.select_mask(S, 0.0, nm=(4, 8)), keep_lowest_pruned(S.reshape(-1, 8), 4).view(5, 16))
+    groups = keep_lowest_pruned(S.reshape(-1, 8), 4).view(5, 16)
+    assert torch.equal(efx.select_mask(S, 0.0, nm=(4, 8)), groups)
     assert efx.select_mask(S, 0.05).all()                      # floor(0.05 * 16) = 0: nothing pruned
 
 
@@ -86,7 +88,7 @@ def test_hidden_e7_eta_one_and_dtype():
     torch.testing.assert_close(avg, 0.25 * S + 0.75 * prev.float())
 
 
-class _Linear3(torch.nn.Module):
+class ParallelBlock(torch.nn.Module):
     """A block stand-in whose maps all read the input: q, k, v, o, gate, up, down in parallel."""
 
     def __init__(self, n=5):
@@ -99,14 +101,15 @@ class _Linear3(torch.nn.Module):
             setattr(self.self_attn if i < 4 else self.mlp, name, lin)
 
     def forward(self, x, cos, sin):
-        return x + sum(getattr(self.self_attn if i < 4 else self.mlp, n)(x) for i, n in enumerate(M.SEVEN_MAPS))
+        maps = [getattr(self.self_attn if i < 4 else self.mlp, n) for i, n in enumerate(M.SEVEN_MAPS)]
+        return x + sum(f(x) for f in maps)
 
 
 @pytest.mark.t3
 @torch.no_grad()
 def test_hidden_e1_one_batch_larger_than_the_windows():
     xs = rand(3, 7, 5, seed=5, dtype=torch.float32)
-    stats = efx.calibrate_block(_Linear3(), xs, None, None, need_H=True, batch_size=16)
+    stats = efx.calibrate_block(ParallelBlock(), xs, None, None, need_H=True, batch_size=16)
     X = xs.reshape(-1, 5)
     for name in M.SEVEN_MAPS:
         torch.testing.assert_close(stats[name]["h"], X.square().sum(0), rtol=1e-5, atol=1e-6)
@@ -210,7 +213,8 @@ def test_hidden_e15_fully_kept_row_unchanged_and_lstsq_elsewhere():
 
 @pytest.mark.t5
 def test_hidden_s7_parts_in_float32_and_a_fully_kept_mask():
-    W, A, B, dB = (rand(*s, seed=30 + i, dtype=torch.float32) for i, s in enumerate(((4, 6), (2, 6), (4, 2), (4, 2))))
+    shapes = ((4, 6), (2, 6), (4, 2), (4, 2))
+    W, A, B, dB = (rand(*s, seed=30 + i, dtype=torch.float32) for i, s in enumerate(shapes))
     d, keep = rand(6, seed=40, dtype=torch.float32).abs(), torch.ones(4, 6, dtype=torch.bool)
     P, K = efx.merge_error_parts(W, A, B, dB, keep, d, 2.0)
     assert (P == 0).all() and torch.allclose(K, (d * (2.0 * dB @ A).square()).sum(1), rtol=1e-5)
