@@ -25,6 +25,7 @@ source_paths =
     model.py
     train.py
     eval.py
+    support/speedups.py
 pytest_add_cli_args_test_selection =
     tests/
 pytest_add_cli_args =
@@ -32,10 +33,16 @@ pytest_add_cli_args =
     not cli_bad_input and not cli_runs_on_dir and not ddp_gloo
     --ignore=tests/test_default_model.py
     --ignore=tests/test_compare.py
+    --ignore=tests/test_course.py
 also_copy =
-    support/
+    support/__init__.py
+    support/cli.py
+    support/files.py
+    support/assets.py
     drivers/
     data.py
+    course.py
+    course/
 EOF
 export EFX_CACHE="${EFX_CACHE:-$REPO/.cache/efx}"     # the fetched wheels and the converted model
 # Deselected: the tests that start processes in another folder (the CLI table, DDP), where
@@ -50,12 +57,16 @@ FUNCS=(
   "efx.x_partner_factor*" "efx.x_foresight_score*" "efx.x_average_score*" "efx.x__check_nm*"
   "efx.x_select_mask*" "efx.x_pbs_update*" "efx.x_gram_pbs_update*" "efx.x__maps*"
   "efx.x__run_block*" "efx.x_calibrate_block*" "efx.x__parse_nm*" "efx.x_prune__mutmut_*"
-  "efx.x__prune_map*" "efx.xǁPruneOptionsǁneeds_H*" "efx.xǁPruneOptionsǁlora_scale*"
+  "efx.x__prune_map*" "efx.x__compensate*" "efx.x__block_inputs*" "efx.x__full_names*"
+  "efx.x__check_stats*" "efx.x_merge_error_parts*" "efx.xǁPruneOptionsǁof*"
+  "efx.xǁPruneOptionsǁneeds_H*" "efx.xǁPruneOptionsǁlora_scale*"
   "obs.x_chol*" "obs.x_sparsegpt_prune*"
   "model.xǁRMSNormǁforward*" "model.x_rope_inv_freq*" "model.x_apply_rope*"
   "model.xǁLoRALinearǁ__init__*" "model.xǁLoRALinearǁset_lora*"
   "model.xǁLoRALinearǁreset_lora*" "model.xǁLoRALinearǁaugmented_weight*"
   "model.xǁLoRALinearǁforward*" "model.xǁLoRALinearǁmerge*" "model.x_add_lora*" "model.x_merge_lora*" "model.xǁTransformerǁrope*"
+  "model.xǁTransformerǁforward*" "support.speedups.xǁGapDropoutǁforward*" "support.speedups.x_completion_ce*"
+  "support.speedups.xǁ_CompletionCEǁforward*" "support.speedups.xǁ_CompletionCEǁbackward*"
   "train.x_prune_points*" "train.x_prune_options*" "train.x_ramp*" "train.x_lr_factor*"
   "eval.x_perplexity_record*" "eval.x_macro_f1*" "eval.x__ngrams*" "eval.x__f1*" "eval.x__lcs*"
   "eval.x_rouge*" "eval.x_relative_performance*"
