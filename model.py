@@ -7,6 +7,9 @@
 * LoRA on q, k, v, o, gate, up, down: method (E0) forward, merge, masked merge.
 * Greedy KV-cache generation, load_model / save_model (the files themselves: files.py), the
   exact-zero count of a weight (method §9), a device picker. Tests: tests/test_model.py.
+* Every step in its plain form. Three have a faster form in support/speedups.py (same
+  results), switched in by SPEEDUPS where they pay: the adapters' dropout and the loss in
+  training, the weight layout on CPU.
 """
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from support import files
+from support import files, speedups
 from support.files import ARCHITECTURES, LLAMA3_ROPE_KEYS
 
 IGNORE = -100             # label without loss (prompt, padding): data.IGNORE, torch's default
 SEVEN_MAPS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SPEEDUPS = True           # False: the plain forms only (tests compare the two; support/speedups.py)
 
 
 # --------------------------------------------------------------------------------- config
@@ -139,23 +143,6 @@ class KVCache:
         return self.kv[i][0][:, :, :n], self.kv[i][1][:, :, :n]
 
 
-class Dropout(nn.Dropout):
-    """nn.Dropout; on CPU the zeros are placed by drawing the gaps between them (geometric,
-    P(gap = g) = (1-p)^(g-1) p): ~p * numel random numbers, not numel. Same distribution,
-    another random stream; torch's Bernoulli took 14 % of a SmolLM2 LoRA step at p = 0.05."""
-
-    def forward(self, x):
-        if not self.training or x.device.type != "cpu":
-            return super().forward(x)
-        y, n, p, last = x.contiguous() * (1 / (1 - self.p)), x.numel(), self.p, -1
-        while last < n:                      # until the gaps pass the end (rarely twice)
-            u = 1 - torch.rand(int(n * p + 6 * (n * p) ** 0.5) + 16)          # (0, 1]
-            pos = ((u.log_() / math.log1p(-p)).clamp_(max=n).long() + 1).cumsum_(0) + last
-            last = int(pos[-1])
-            y.view(-1)[pos[pos < n]] = 0
-        return y
-
-
 class LoRALinear(nn.Module):
     """Frozen base linear W (m x n) plus an optional low-rank adapter, method (E0):
     y = W x + s B (A drop(x)), s = alpha / r, A (r x n) Kaiming-uniform, B (m x r) zero
@@ -172,7 +159,9 @@ class LoRALinear(nn.Module):
     def set_lora(self, r: int, alpha: float, dropout: float = 0.0, generator=None):
         """Attach a fresh adapter (A Kaiming-uniform, B = 0); r = 0 removes it."""
         self.r, self.alpha, self.scaling = int(r), float(alpha), alpha / r if r > 0 else 0.0
-        self.lora_dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if SPEEDUPS and dropout > 0:         # the same distribution from fewer random numbers
+            self.lora_dropout = speedups.GapDropout(dropout)
         dev = self.weight.device
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=dev)) if r else None
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=dev)) if r else None
@@ -188,8 +177,8 @@ class LoRALinear(nn.Module):
             self.lora_B.zero_()
 
     def augmented_weight(self, scale=None):
-        """W~ = W + s B A in float32 (method (E5)); scale replaces s (1: the E6 code form). With
-        no adapter or B = 0 (just after a merge) this is W itself (float32): callers only read it."""
+        """W~ = W + s B A in float32 (method (E5)); scale replaces s (1: the E6 code form). With no
+        adapter or B = 0 (just after a merge) this is W itself (float32): callers only read it."""
         w = self.weight.float()
         if self.r == 0 or not self.lora_B.any():
             return w
@@ -318,14 +307,17 @@ class Transformer(nn.Module):
         """input_ids (B, T) -> logits (B, T, vocab), every position, in the model's dtype.
         With labels (B, T) (data.py: aligned with input_ids, IGNORE = no loss): the training
         loss instead, sum of next-token CE over labelled tokens / n_tokens (method §8),
-        with lm_head only where a label is (see completion_ce). Keyword, so DDP can wrap it."""
+        with lm_head only where a label is. Keyword, so DDP can wrap it."""
         h = self.hidden(input_ids, cache)
         if labels is None:
             return self.lm_head(h)
         # Position t predicts token t+1: shift the labels, not the (B, T, vocab) logits.
         target = F.pad(labels[:, 1:], (0, 1), value=IGNORE).flatten()     # (B*T,)
         keep = target != IGNORE
-        return completion_ce(h.flatten(0, 1)[keep], self.lm_head.weight, target[keep]) / n_tokens
+        h, target = h.flatten(0, 1)[keep], target[keep]                     # (N, hidden), (N,)
+        if SPEEDUPS and not self.lm_head.weight.requires_grad:             # LoRA: head frozen
+            return speedups.completion_ce(h, self.lm_head.weight, target) / n_tokens
+        return F.cross_entropy(self.lm_head(h).float(), target, reduction="sum") / n_tokens
 
     @torch.no_grad()
     def generate(self, ids, max_new_tokens: int, eos_id=None):
@@ -348,41 +340,6 @@ class Transformer(nn.Module):
                 break
         self.train(was_training)
         return out
-
-
-class _CompletionCE(torch.autograd.Function):
-    """Sum of CE(W h_i, t_i) chunk by chunk, W frozen. d/dh = softmax(W h) W - W_t is computed
-    here (the loss ends the graph), so backward only scales it: two lm_head matmuls where the
-    obvious form, checkpointed chunks, takes three (SmolLM2, 4 x 256 tokens all supervised:
-    5.4 s a LoRA step instead of 6.9 s)."""
-
-    @staticmethod
-    def forward(ctx, h, weight, target, chunk):
-        loss = torch.zeros((), device=h.device)
-        gh = torch.empty_like(h) if ctx.needs_input_grad[0] else None             # (N, hidden)
-        for i in range(0, len(h), chunk):
-            hc, tc = h[i:i + chunk], target[i:i + chunk]
-            z = (hc @ weight.T).float()                                     # (c, vocab) logits
-            zmax, zt = z.amax(-1, keepdim=True), z.gather(1, tc[:, None])
-            e = z.sub_(zmax).exp_()                                         # in place
-            s = e.sum(-1, keepdim=True)                                     # softmax = e / s
-            loss += (s.log() + zmax - zt).sum()                             # logsumexp - z_t
-            if gh is not None:
-                gh[i:i + chunk] = (e.to(weight.dtype) @ weight) / s - weight[tc]
-        ctx.save_for_backward(gh)
-        return loss
-
-    @staticmethod
-    def backward(ctx, g):
-        return ctx.saved_tensors[0] * g.to(ctx.saved_tensors[0].dtype), None, None, None
-
-
-def completion_ce(h, weight, target, chunk=None):
-    """h (N, hidden), weight (vocab, hidden), target (N,) -> float32 sum of CE(W h_i, t_i), in
-    chunks of 2^23 logits (32 MB float32): the (N, vocab) logits never exist at once."""
-    if weight.requires_grad:                 # lm_head trained too (not LoRA): the plain form
-        return F.cross_entropy((h @ weight.T).float(), target, reduction="sum")
-    return _CompletionCE.apply(h, weight, target, chunk or max(1, 2**23 // weight.shape[0]))
 
 
 def lora_modules(model) -> list:
@@ -451,16 +408,13 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
                 if not t.is_floating_point():
                     raise ValueError(f"tensor {k} in {fn}: expected a floating-point dtype, "
                                      f"found {t.dtype}")
-                state[k] = t.to(device, dtype)
+                # A copy: own memory, not the file's mapping (one tensor left in it keeps
+                # all its pages).
+                state[k] = t.to(device, dtype, copy=True)
     model.load_state_dict(state, strict=False, assign=True)   # keys checked above
     model.tie_weights()
-    if torch.device(device).type == "cpu":
-        # Own memory, not the file's mapping (one tensor left in it keeps all its pages); the
-        # matrices column-major: same values, but MKL's x W^T with one row of x (generation)
-        # reads them 1.2-2x faster on the reference machine (bench_model.py).
-        mats = {id(m.weight) for m in [model.lm_head] + [m for _, m in lora_modules(model)]}
-        for p in model.parameters():
-            p.data = p.data.T.contiguous().T if id(p) in mats else p.data.clone()
+    if SPEEDUPS and torch.device(device).type == "cpu":
+        speedups.column_major([model.lm_head.weight] + [m.weight for _, m in lora_modules(model)])
     model.path = path
     return model.eval()
 
@@ -491,7 +445,8 @@ def sparsity_of(W, nm=None) -> dict:
     zeros = int((W == 0).sum())
     ok = None if nm is None else W.shape[1] % nm[1] == 0 and bool(
         ((W.reshape(W.shape[0], -1, nm[1]) == 0).sum(-1) >= nm[0]).all())
-    return {"zeros": zeros, "numel": W.numel(), "sparsity": zeros / max(W.numel(), 1), "nm_valid": ok}
+    return {"zeros": zeros, "numel": W.numel(), "sparsity": zeros / max(W.numel(), 1),
+            "nm_valid": ok}
 
 
 def pick_device() -> torch.device:

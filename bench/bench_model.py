@@ -3,6 +3,7 @@
     python -m bench.bench_model                      # efx only (CPU: 2 threads)
     python -m bench.bench_model --hf                 # side by side with HF transformers + peft
     python -m bench.bench_model --device cuda --dtype bfloat16 --repeats 5    # as scripts/gpu_check.sh runs it
+    python -m bench.bench_model --plain              # plain forms only: support/speedups.py off
 
 transformers and peft are not project dependencies: --hf needs them importable, e.g. from a
 scratch venv (`python -m venv /tmp/hfvenv --system-site-packages && /tmp/hfvenv/bin/pip
@@ -174,10 +175,13 @@ def main(argv=None):
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--works", default="forward,lora-all,lora-med,generate,memory")
+    ap.add_argument("--plain", action="store_true",
+                    help="model.SPEEDUPS = False: no support/speedups.py (their gain: run both)")
     ap.add_argument("--memory", default="", help=argparse.SUPPRESS)     # subprocess mode
     ap.add_argument("--json", default="", help="write the measurements here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    M.SPEEDUPS = not a.plain
     if a.memory:
         return measure_memory(a)
     device, dtype, works = torch.device(a.device), M.DTYPES[a.dtype], a.works.split(",")
@@ -235,7 +239,7 @@ def main(argv=None):
             argv_s = [sys.executable, "-m", "bench.bench_model", "--memory", s.name.lower(), "--device", a.device,
                       "--dtype", a.dtype, "--threads", str(a.threads), "--batch", str(a.batch),
                       "--seqlen", str(a.seqlen), "--med_batches", str(a.med_batches), "--model", a.model,
-                      "--lora_dropout", str(a.lora_dropout)]
+                      "--lora_dropout", str(a.lora_dropout)] + ["--plain"] * a.plain
             out = subprocess.run(argv_s, env=env, capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[1]).stdout     # the repo root
             res["memory"][s.name] = json.loads(out.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from support import files
+from support import files, speedups
 import model as M
 from conftest import FAMILIES
 
@@ -186,6 +186,27 @@ def test_s2_bf16_load_works(tiny_ckpt):
     assert torch.allclose(l16.float(), l32, atol=ATOL_BF16), _max_diff(l16, l32)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_s2_column_major_load_equals_plain_load(make_ckpt, tied, monkeypatch):
+    """speedups.column_major (CPU load): lm_head and the seven maps stored column-major, every
+    tensor equal to the plain (row-major) load's, a tied head still tied; equal logits, equal
+    greedy tokens."""
+    path, _ = make_ckpt(tie_word_embeddings=tied)
+    fast = M.load_model(path)
+    monkeypatch.setattr(M, "SPEEDUPS", False)
+    plain = M.load_model(path)
+    mats = [fast.lm_head] + [m for _, m in M.lora_modules(fast)]
+    assert all(m.weight.T.is_contiguous() and not m.weight.is_contiguous() for m in mats)
+    assert all(p.is_contiguous() for p in plain.parameters())
+    assert (fast.lm_head.weight is fast.model.embed_tokens.weight) == tied
+    sf, sp = fast.state_dict(), plain.state_dict()
+    assert sf.keys() == sp.keys() and all(torch.equal(sf[k], sp[k]) for k in sf)
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(fast(ids), plain(ids), atol=ATOL32), _max_diff(fast(ids), plain(ids))
+    assert torch.equal(fast.generate(ids, 8, eos_id=[]), plain.generate(ids, 8, eos_id=[]))
+
+
 def test_s2_both_config_dialects_load_alike(tiny):
     """method §2: top-level rope_theta/rope_scaling/torch_dtype == rope_parameters/dtype."""
     s = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -358,10 +379,14 @@ def test_e0_masked_merge_keeps_every_masked_zero(make_model):
 
 
 def _full_logits_loss(model, ids, labels, n):
-    """The obvious form (what train.py computed before completion_ce): every position's logits, shifted."""
+    """The obvious form: every position's logits, shifted, IGNORE skipped by cross_entropy."""
     logits = model(ids)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                            ignore_index=M.IGNORE, reduction="sum") / n
+
+
+def _labelled_loss(model, ids, labels, n):
+    return model(ids, labels=labels, n_tokens=n)
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 3, 5])
@@ -369,8 +394,9 @@ def _full_logits_loss(model, ids, labels, n):
 def test_s8_loss_at_supervised_positions_equals_full_logits(make_model, chunk, frozen_head,
                                                            monkeypatch):
     """method §8 completion-only loss: model(ids, labels=, n_tokens=) (labels shifted, lm_head and
-    CE only where a label is, in chunks) equals CE over all shifted logits / n, value and
-    gradient; prompt rows, padding, a row with no label at all and chunk edges included."""
+    CE only where a label is) equals CE over all shifted logits / n, value and gradient, in its
+    plain form (F.cross_entropy) and with speedups.completion_ce (in chunks) against the plain
+    form; prompt rows, padding, a row with no label at all and chunk edges included."""
     ig = M.IGNORE
     ids = torch.randint(3, 128, (3, 8))
     labels = ids.clone()
@@ -379,10 +405,12 @@ def test_s8_loss_at_supervised_positions_equals_full_logits(make_model, chunk, f
     labels[2, :2], labels[2, 6:] = ig, ig    # prompt, then padding
     n = int((labels[:, 1:] != ig).sum())
     if chunk:                                # 7 positions: chunks of 3 and 5 leave a remainder
-        real = M.completion_ce
-        monkeypatch.setattr(M, "completion_ce", lambda *a: real(*a, chunk=chunk))
+        real = speedups.completion_ce
+        monkeypatch.setattr(speedups, "completion_ce", lambda *a: real(*a, chunk=chunk))
     grads = []
-    for loss_fn in (_full_logits_loss, lambda m, *a: m(a[0], labels=a[1], n_tokens=a[2])):
+    forms = ((False, _full_logits_loss), (False, _labelled_loss), (True, _labelled_loss))
+    for fast, loss_fn in forms:              # full logits, plain, fast (SPEEDUPS)
+        monkeypatch.setattr(M, "SPEEDUPS", fast)
         model = _lora_model(make_model, seed=0)          # same weights, frozen base
         model.lm_head.weight.requires_grad_(not frozen_head)
         model.train()                        # dropout off (add_lora default): deterministic
@@ -390,20 +418,35 @@ def test_s8_loss_at_supervised_positions_equals_full_logits(make_model, chunk, f
         loss.backward()
         grads.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()
                                       if p.requires_grad}))
-    (ref, gref), (got, ggot) = grads
-    assert torch.allclose(got, ref, atol=ATOL32), (got.item(), ref.item())
-    assert len(gref) == len(ggot) == 2 * 7 * 2 + (not frozen_head)
-    for k in gref:
-        assert torch.allclose(ggot[k], gref[k], atol=ATOL32), (k, _max_diff(ggot[k], gref[k]))
-    none = model(ids[1:2], labels=labels[1:2], n_tokens=1)   # nothing supervised: 0, no NaN
-    assert none.item() == 0.0
+    for (ref, gref), (got, ggot) in zip(grads, grads[1:]):   # plain vs full, fast vs plain
+        assert torch.allclose(got, ref, atol=ATOL32), (got.item(), ref.item())
+        assert len(gref) == len(ggot) == 2 * 7 * 2 + (not frozen_head)
+        for k in gref:
+            assert torch.allclose(ggot[k], gref[k], atol=ATOL32), (k, _max_diff(ggot[k], gref[k]))
+    for fast in (False, True):               # nothing supervised: 0, no NaN
+        monkeypatch.setattr(M, "SPEEDUPS", fast)
+        assert model(ids[1:2], labels=labels[1:2], n_tokens=1).item() == 0.0
 
 
-def test_e0_lora_dropout_is_bernoulli_scaled(make_model):
+def test_s8_completion_ce_refuses_a_trained_head():
+    """speedups.completion_ce computes no gradient for W: a trainable W is refused, not
+    silently left without one (model.py takes the plain form then)."""
+    w = torch.randn(10, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="frozen"):
+        speedups.completion_ce(torch.randn(3, 4), w, torch.tensor([1, 2, 3]))
+
+
+DROPOUTS = {"plain": torch.nn.Dropout, "gap": speedups.GapDropout}   # model.py's, the fast form
+
+
+@pytest.mark.parametrize("form", DROPOUTS)
+def test_e0_gap_dropout_is_bernoulli_scaled(form):
     """method (E0) drop(x): each entry zero with probability p, else x / (1 - p), independently;
-    the gradient takes the same mask; eval mode is the identity; same seed, same mask."""
+    the gradient takes the same mask; eval mode is the identity; same seed, same mask. The
+    plain nn.Dropout passes the same checks as speedups.GapDropout (same distribution)."""
+    Dropout = DROPOUTS[form]
     p, x = 0.1, torch.randn(400, 500, requires_grad=True)
-    drop = M.Dropout(p).train()
+    drop = Dropout(p).train()
     y = drop(x)
     zero = y == 0
     assert abs(zero.float().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / x.numel())
@@ -414,21 +457,24 @@ def test_e0_lora_dropout_is_bernoulli_scaled(make_model):
     y.backward(g)
     assert torch.allclose(x.grad, torch.where(zero, 0.0, g / (1 - p)))
     assert torch.equal(drop.eval()(x), x)
-    seeded = [(torch.manual_seed(3), M.Dropout(p).train()(torch.ones(50, 60)))[1] for _ in "ab"]
+    seeded = [(torch.manual_seed(3), Dropout(p).train()(torch.ones(50, 60)))[1] for _ in "ab"]
     assert torch.equal(*seeded)
 
 
-def test_e0_lora_dropout_rate_is_p_at_every_position():
-    """The CPU dropout draws gaps between zeros; each position must be zero with probability p
+def test_e0_gap_dropout_rate_is_p_at_every_position():
+    """GapDropout draws gaps between zeros; each position must be zero with probability p
     (not only on average): over 4000 draws every column's rate lies within 5 sigma of p, and
-    the first and last positions (where gap drawing starts and stops) are not special."""
+    the first and last positions (where gap drawing starts and stops) are not special; the
+    plain nn.Dropout's rates, drawn alike, lie within 5 sigma of GapDropout's at every position."""
     p, n, draws = 0.2, 64, 4000
     torch.manual_seed(0)
-    drop = M.Dropout(p).train()
-    zeros = torch.stack([drop(torch.ones(n)) == 0 for _ in range(draws)]).float().mean(0)   # (n,)
+    rates = {form: torch.stack([Dropout(p).train()(torch.ones(n)) == 0 for _ in range(draws)])
+             .float().mean(0) for form, Dropout in DROPOUTS.items()}                   # (n,)
     tol = 5 * math.sqrt(p * (1 - p) / draws)
+    zeros = rates["gap"]
     assert (zeros - p).abs().max().item() < tol, zeros
     assert abs(zeros[0].item() - p) < tol and abs(zeros[-1].item() - p) < tol
+    assert (zeros - rates["plain"]).abs().max().item() < tol * math.sqrt(2), rates
 
 
 def test_s2_save_model_refuses_unmerged_adapters(make_model, tmp_path):
@@ -453,17 +499,21 @@ def test_s2_cuda_load_and_generate_match_cpu(tiny_ckpt):
     assert torch.equal(greedy, model.generate(ids, 8, eos_id=[]))
 
 
-def test_e0_lora_linear_defaults_frozen_base_scale_and_dropout():
+def test_e0_lora_linear_defaults_frozen_base_scale_and_dropout(monkeypatch):
     """A new LoRALinear is a frozen plain linear (weight and bias without gradients, r 0,
     scale 0); set_lora(r, alpha) gives s = alpha / r for every r >= 1 and no dropout module
-    unless dropout > 0."""
+    unless dropout > 0: then GapDropout, or nn.Dropout itself with SPEEDUPS off."""
     lin = M.LoRALinear(4, 3, bias=True)
     assert not lin.weight.requires_grad and not lin.bias.requires_grad
     assert lin.r == 0 and lin.scaling == 0.0 and lin.lora_A is None
     lin.set_lora(1, 2.0)
     assert lin.scaling == 2.0 and isinstance(lin.lora_dropout, torch.nn.Identity)
     lin.set_lora(4, 8.0, 0.1)
-    assert lin.scaling == 2.0 and isinstance(lin.lora_dropout, M.Dropout) and lin.lora_dropout.p == 0.1
+    assert lin.scaling == 2.0 and type(lin.lora_dropout) is speedups.GapDropout
+    assert lin.lora_dropout.p == 0.1
+    monkeypatch.setattr(M, "SPEEDUPS", False)
+    lin.set_lora(4, 8.0, 0.1)
+    assert type(lin.lora_dropout) is torch.nn.Dropout and lin.lora_dropout.p == 0.1
     assert lin.lora_A.requires_grad and lin.lora_B.requires_grad and not lin.weight.requires_grad
     lin.weight.data, lin.bias.data = lin.weight.data.bfloat16(), lin.bias.data.bfloat16()
     with torch.no_grad():
