@@ -35,10 +35,7 @@ pytest_add_cli_args =
     --ignore=tests/test_compare.py
     --ignore=tests/test_course.py
 also_copy =
-    support/__init__.py
-    support/cli.py
-    support/files.py
-    support/assets.py
+    support/
     drivers/
     data.py
     course.py
