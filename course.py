@@ -42,6 +42,7 @@ WHAT = {
     "apply_rope": "rotate-half RoPE, method §2",
     "Attention.forward": "attention with GQA, method §2",
     "MLP.forward": "SwiGLU, method §2",
+    "LoRALinear.reset_lora": "Kaiming-uniform A and zero B, E0",
     "LoRALinear.forward": "the adapter's forward, E0",
     "LoRALinear.augmented_weight": "W + s B A, E0",
     "LoRALinear.merge": "merge and masked merge, E0",

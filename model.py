@@ -90,12 +90,16 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):                    # F.rms_norm: x * rsqrt(mean(x^2) + eps), fused
+    def forward(self, x):
+        # BEGIN SOLUTION T1
+        # F.rms_norm: x * rsqrt(mean(x^2) + eps), fused
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
+        # END SOLUTION T1
 
 
 def rope_inv_freq(cfg: Config) -> torch.Tensor:
     """theta^(-2i/D) for i < D/2 (float32), with llama3 scaling when configured."""
+    # BEGIN SOLUTION T1
     D = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
     if cfg.rope_scaling is None:
@@ -108,12 +112,15 @@ def rope_inv_freq(cfg: Config) -> torch.Tensor:
     smooth = (old_ctx / wavelen - lo) / (hi - lo)
     blended = (1 - smooth) * scaled / factor + smooth * scaled
     return torch.where((wavelen >= old_ctx / hi) & (wavelen <= old_ctx / lo), blended, scaled)
+    # END SOLUTION T1
 
 
 def apply_rope(x, cos, sin):
     """x (..., T, D), cos/sin (T, D): the pair (x_i, x_{i+D/2}) rotates by pos * inv_freq[i]."""
+    # BEGIN SOLUTION T1
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    # END SOLUTION T1
 
 
 class KVCache:
@@ -171,10 +178,12 @@ class LoRALinear(nn.Module):
     def reset_lora(self, generator=None):
         """A ~ Kaiming-uniform(a=sqrt 5), i.e. U(-1/sqrt(n), 1/sqrt(n)) as nn.Linear; B = 0."""
         if self.r:
+            # BEGIN SOLUTION T2
             bound, dev = 1 / math.sqrt(self.in_features), getattr(generator, "device", None)
             a = torch.empty(self.lora_A.shape, device=dev or self.lora_A.device)
             self.lora_A.copy_(a.uniform_(-bound, bound, generator=generator))
             self.lora_B.zero_()
+            # END SOLUTION T2
 
     def augmented_weight(self, scale=None):
         """W~ = W + s B A in float32 (method (E5)); scale replaces s (1: the E6 code form). With no
@@ -182,23 +191,29 @@ class LoRALinear(nn.Module):
         w = self.weight.float()
         if self.r == 0 or not self.lora_B.any():
             return w
+        # BEGIN SOLUTION T2
         return w + (self.scaling if scale is None else scale) * (self.lora_B @ self.lora_A)
+        # END SOLUTION T2
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
         if self.r == 0:
             return y
+        # BEGIN SOLUTION T2
         # Two thin matmuls, never the m x n update; s scales the (..., r) middle, not (..., m).
         u = F.linear(self.lora_dropout(x).float(), self.lora_A) * self.scaling
         return y + F.linear(u, self.lora_B).to(y.dtype)
+        # END SOLUTION T2
 
     @torch.no_grad()
     def merge(self, mask=None):
         """W <- W + s B A, or W <- M * (W + s B A) (method (E0)); then B = 0. Idempotent."""
+        # BEGIN SOLUTION T2
         w = self.augmented_weight()                 # a new tensor when r > 0
         self.weight.copy_((w if mask is None else w.mul_(mask.to(w.device))).to(self.weight.dtype))
         if self.r:
             self.lora_B.zero_()
+        # END SOLUTION T2
 
     def extra_repr(self):
         return f"{self.in_features}->{self.out_features}, bias={self.bias is not None}, r={self.r}"
@@ -219,6 +234,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
+        # BEGIN SOLUTION T1
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hd)
         k = self.k_proj(x).view(B, T, self.nkv, self.hd)
@@ -240,6 +256,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1,
                                            enable_gqa=self.nh != self.nkv)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+        # END SOLUTION T1
 
 
 class MLP(nn.Module):
@@ -250,7 +267,9 @@ class MLP(nn.Module):
         self.down_proj = LoRALinear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x):                    # SwiGLU
+        # BEGIN SOLUTION T1
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # END SOLUTION T1
 
 
 class Block(nn.Module):

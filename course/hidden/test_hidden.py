@@ -1,6 +1,6 @@
 """The instructor's hidden tests: other seeds, shapes and dtypes, and the edge cases (dead
-columns, ties, no GQA, fully kept or fully pruned rows, resumes) that the visible tests do not
-show. `course.py make` leaves this folder out; `python course.py grade --hidden course/hidden`
+columns, ties, no GQA, one kv head, fully kept rows, rank 1, resumes) that the visible tests do
+not show. `course.py make` leaves this folder out; `python course.py grade --hidden course/hidden`
 adds it. Self-contained: the naive references are written here again, so that an edited
 visible test cannot change what these check.
 """
@@ -25,6 +25,128 @@ def keep_lowest_pruned(S, k):
     """Prune the k lowest of each row, ties to the lower column (stable sort)."""
     low = torch.sort(S, dim=1, stable=True).indices[:, :k]
     return torch.ones_like(S, dtype=torch.bool).scatter_(1, low, False)
+
+
+# ------------------------------------------------------------------------- T1
+def tiny(**kw):
+    return M.Config(**{**dict(vocab_size=32, hidden_size=24, intermediate_size=20, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=4), **kw})
+
+
+@pytest.mark.t1
+def test_hidden_s2_rmsnorm_eps_1e_5_and_bf16():
+    norm = M.RMSNorm(8, eps=1e-5)
+    norm.weight.data = rand(8, seed=50, dtype=torch.float32)
+    x = rand(2, 3, 8, seed=51, dtype=torch.float32) * 1e-2          # eps not negligible here
+    ref = norm.weight * x / (x.square().mean(-1, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(norm(x), ref, rtol=1e-5, atol=1e-7)
+    assert norm.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.t1
+def test_hidden_s2_rope_other_theta_and_llama3_band():
+    cfg = tiny(rope_theta=500000.0, head_dim=16)
+    want = 500000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    torch.testing.assert_close(M.rope_inv_freq(cfg).double(), want, rtol=1e-6, atol=0)
+    sc = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 2.0,
+          "original_max_position_embeddings": 200}           # wavelengths 6, 32, 167, 861, ..
+    got = M.rope_inv_freq(tiny(rope_theta=500000.0, head_dim=16, rope_scaling=sc)).double()
+    for f, g in zip(want.tolist(), got.tolist()):
+        wl = 2 * math.pi / f
+        t = (200 / wl - 1.0) / (2.0 - 1.0)
+        w = f if wl < 100 else f / 4 if wl > 200 else (1 - t) * f / 4 + t * f
+        assert g == pytest.approx(w, rel=1e-5), (f, g, w)
+
+
+@pytest.mark.t1
+def test_hidden_s2_rope_keeps_each_pairs_norm_and_starts_at_position_5():
+    model = M.Transformer(tiny())
+    x = rand(1, 2, 4, 6, seed=52, dtype=torch.float32)
+    cos, sin = model.rope(4, "cpu", start_pos=5)
+    y = M.apply_rope(x, cos, sin)
+    pair = lambda t: t[..., :3].square() + t[..., 3:].square()
+    torch.testing.assert_close(pair(y), pair(x), rtol=1e-5, atol=1e-6)
+    f = M.rope_inv_freq(model.config)
+    angle = 5 * f[0]                                           # position 5, frequency 0
+    want = x[0, 0, 0, 0] * torch.cos(angle) - x[0, 0, 0, 3] * torch.sin(angle)
+    torch.testing.assert_close(y[0, 0, 0, 0], want, rtol=1e-5, atol=1e-6)
+
+
+def naive_attention(attn, x, cos, sin):
+    B, T, _ = x.shape
+    q = M.apply_rope(attn.q_proj(x).view(B, T, attn.nh, attn.hd).transpose(1, 2), cos, sin)
+    k = M.apply_rope(attn.k_proj(x).view(B, T, attn.nkv, attn.hd).transpose(1, 2), cos, sin)
+    v = attn.v_proj(x).view(B, T, attn.nkv, attn.hd).transpose(1, 2)
+    g = attn.nh // attn.nkv
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(attn.hd)
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return attn.o_proj((s.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1))
+
+
+@pytest.mark.t1
+@pytest.mark.parametrize("n_kv", [4, 1])                       # no GQA; one kv head for all
+def test_hidden_s2_attention_without_gqa_and_with_one_kv_head_then_one_cached_step(n_kv):
+    torch.manual_seed(53)
+    model = M.Transformer(tiny(num_key_value_heads=n_kv)).eval()
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(2, 6, 24)
+    cos, sin = model.rope(6, "cpu")
+    with torch.no_grad():
+        want = naive_attention(attn, x, cos, sin)
+        torch.testing.assert_close(attn(x, cos, sin), want, rtol=1e-5, atol=1e-5)
+        cache = M.KVCache(1)
+        attn(x[:, :5], cos[:5], sin[:5], cache)
+        torch.testing.assert_close(attn(x[:, 5:], cos[5:], sin[5:], cache), want[:, 5:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.t1
+def test_hidden_s2_swiglu_in_float64():
+    mlp = M.MLP(tiny()).double()
+    for i, lin in enumerate((mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+        lin.weight.data = rand(*lin.weight.shape, seed=54 + i)
+    x = rand(4, 24, seed=57)
+    g = x @ mlp.gate_proj.weight.T
+    want = (g * torch.sigmoid(g) * (x @ mlp.up_proj.weight.T)) @ mlp.down_proj.weight.T
+    torch.testing.assert_close(mlp(x), want, **F64)
+
+
+# ------------------------------------------------------------------------- T2
+def adapted(m=5, n=7, r=3, alpha=6.0, bias=True, seed=60):
+    lin = M.LoRALinear(n, m, bias)
+    lin.weight.data = rand(m, n, seed=seed, dtype=torch.float32)
+    if bias:
+        lin.bias.data = rand(m, seed=seed + 1, dtype=torch.float32)
+    lin.set_lora(r, alpha, generator=torch.Generator().manual_seed(seed + 2))
+    lin.lora_B.data = rand(m, r, seed=seed + 3, dtype=torch.float32)
+    return lin
+
+
+@pytest.mark.t2
+def test_hidden_e0_forward_three_dims_and_a_seeded_init():
+    lin = adapted()
+    x = rand(2, 4, 7, seed=70, dtype=torch.float32)
+    want = x @ lin.weight.T + lin.bias + 2.0 * (x @ lin.lora_A.T) @ lin.lora_B.T
+    torch.testing.assert_close(lin(x), want, rtol=1e-5, atol=1e-5)
+    again = adapted()
+    assert torch.equal(again.lora_A, lin.lora_A) and lin.lora_A.abs().max() <= 7 ** -0.5
+    assert not torch.equal(adapted(seed=61).lora_A, lin.lora_A)
+
+
+@pytest.mark.t2
+def test_hidden_e0_augmented_weight_scale_one_then_masked_merge_in_bf16():
+    lin = adapted(bias=False)
+    W, A, B = lin.weight.clone(), lin.lora_A.detach().clone(), lin.lora_B.detach().clone()
+    torch.testing.assert_close(lin.augmented_weight(1.0), W + B @ A)
+    lin.weight.data = lin.weight.data.bfloat16()
+    keep = rand(5, 7, seed=71) > 0
+    weight = lin.weight
+    lin.merge(keep)
+    assert lin.weight is weight and lin.weight.dtype == torch.bfloat16 and not lin.lora_B.any()
+    assert (lin.weight[~keep] == 0).all()
+    want = (keep * (W.bfloat16().float() + 2.0 * B @ A)).bfloat16()
+    torch.testing.assert_close(lin.weight, want, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(lin.augmented_weight(), lin.weight.float())   # B = 0: W itself
 
 
 # ------------------------------------------------------------------------- T3
