@@ -287,8 +287,10 @@ def grade(tasks, hidden=None, root=HERE, log=print):
     sys.path.insert(0, str(root))
     paths = [str(root / "tests")] + ([str(Path(hidden).resolve())] if hidden else [])
     plugin, buf = _Collect(tasks), io.StringIO()
-    args = ["-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", "--rootdir", str(root),
-            "-m", " or ".join(t.lower() for t in tasks), *paths]
+    # Native tracebacks: a tree of blank bodies grades in 2.5 s instead of 7.5 s (pytest's
+    # own tracebacks read and format the source of every failure; only its first line is shown).
+    args = ["-q", "--tb=native", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+            "--rootdir", str(root), "-m", " or ".join(t.lower() for t in tasks), *paths]
     with contextlib.redirect_stdout(buf):
         pytest.main(args, plugins=[plugin])
     res = {"tasks": {}, "tests": plugin.items, "errors": plugin.errors, "time_s": time.time() - t0}
