@@ -237,7 +237,7 @@ def restore(tree, tasks=None, root=HERE, log=print):
             if hit is None:
                 out.append(line)
             else:             # the first open body with this message: bodies keep their order
-                raise_line, body, task = todo.pop(hit)
+                _, body, task = todo.pop(hit)
                 out += body
                 done[task] = done.get(task, 0) + 1
         (Path(tree) / rel).write_text("".join(out))
@@ -293,7 +293,10 @@ def grade(tasks, hidden=None, root=HERE, log=print):
             "--rootdir", str(root), "-m", " or ".join(t.lower() for t in tasks), *paths]
     with contextlib.redirect_stdout(buf):
         pytest.main(args, plugins=[plugin])
-    res = {"tasks": {}, "tests": plugin.items, "errors": plugin.errors, "time_s": time.time() - t0}
+    # A test module that does not import (a syntax error in the code it imports) leaves its
+    # tests uncollected: they are neither points nor counted, so the total is then incomplete.
+    res = {"tasks": {}, "tests": plugin.items, "errors": plugin.errors, "complete": not plugin.errors,
+           "time_s": time.time() - t0}
     for t in tasks:
         mine = [(k, v) for k, v in plugin.items.items() if v["task"] == t and v["outcome"] != "skipped"]
         failed = [(k, v) for k, v in mine if v["outcome"] == "failed"]
@@ -308,7 +311,7 @@ def _report(res, root, hidden, log):
         f"{root / 'tests'}{' and ' + str(hidden) if hidden else ''}, one point per test "
         f"({res['time_s']:.1f}s)")
     for err in res["errors"]:
-        log(f"  collection error (its tests count as failed): {err[:200]}")
+        log(f"  not collected, its tests are not counted: {err[:200]}")
     for t, r in res["tasks"].items():
         log(f"{t}  {TASKS[t]:<60} {r['points']:>3}/{r['of']}")
         if r["first_failure"]:
@@ -317,7 +320,8 @@ def _report(res, root, hidden, log):
         if answer is not None:
             log(f"      written answer in course/{t}.md: {answer} words (graded by the instructor)")
     points, of = (sum(r[k] for r in res["tasks"].values()) for k in ("points", "of"))
-    log(f"total {points}/{of}")
+    log(f"total {points}/{of}" + ("" if res["complete"] else
+                                   f"; incomplete: {len(res['errors'])} test module(s) did not import"))
 
 
 def _written_answer(root, task):
@@ -361,7 +365,8 @@ def main(argv=None):
             res = grade(_tasks(a.tasks), a.hidden)
             if a.json:
                 Path(a.json).write_text(json.dumps(res, indent=1))
-            return 0 if all(r["points"] == r["of"] for r in res["tasks"].values()) else 1
+            full = res["complete"] and all(r["points"] == r["of"] for r in res["tasks"].values())
+            return 0 if full else 1
     except ValueError as e:                       # a marker error, named by file and line
         raise SystemExit(f"course.py: {e}") from None
     return 0

@@ -137,6 +137,23 @@ def test_course_reference_grades_full_marks_with_hidden_tests(graded):
                    if v["task"] == task), task
 
 
+def test_course_grade_points_first_failure_and_a_module_that_does_not_import(tmp_path):
+    """grade on a tree of three tests: a pass, a failure (its message in one line), and a test
+    in a module that does not import (named; the total is then incomplete)."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text(
+        "import pytest\n\n@pytest.mark.t3\ndef test_ok():\n    assert True\n\n"
+        "@pytest.mark.t3\ndef test_off():\n    assert 1 == 2, 'E3: off by one'\n")
+    (tmp_path / "tests" / "test_b.py").write_text(
+        "import pytest\nimport no_such_module_xyz\n\n@pytest.mark.t4\ndef test_x():\n    pass\n")
+    res = course.grade(["T3", "T4"], root=tmp_path, log=lambda *a: None)
+    first = "test_off: AssertionError: E3: off by one"
+    assert res["tasks"]["T3"] == {"points": 1, "of": 2, "first_failure": first}
+    assert res["tasks"]["T4"]["of"] == 0 and not res["complete"]
+    [err] = res["errors"]
+    assert "test_b.py" in err and "no_such_module_xyz" in err
+
+
 def test_course_cli_refuses_unknown_tasks_and_a_missing_hidden_folder(tmp_path):
     with pytest.raises(SystemExit, match=r"unknown task\(s\) \['T9'\]"):
         course.main(["make", "--out", str(tmp_path / "x"), "--tasks", "T9"])
