@@ -307,8 +307,7 @@ def setup(cfg) -> Run:
         raise ValueError(f"train data {cfg.train or cfg.domain}: {len(encoded)} examples, "
                          f"fewer than one batch of {cfg.batch_size}")
     calib_ids, offsets = calibration(cfg, tok, train)
-    pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
-    probe = next(data.batches(encoded, cfg.batch_size, cfg.seed, 0, pad, drop_last=True))
+    probe = next(data.batches(encoded, cfg.batch_size, cfg.seed, 0, _pad_id(tok), drop_last=True))
     times["data_s"] = time.time() - t0
     t0 = time.time()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -501,8 +500,8 @@ def batches(r, epoch):
     """(global step, (ids, labels)) of one epoch; dropout seeded per epoch (--resume)."""
     torch.manual_seed(r.cfg.seed * 7919 + epoch)
     r.model.train()
-    pad = r.tok.pad_id if r.tok.pad_id is not None else r.tok.eos_id
-    for i, batch in enumerate(data.batches(r.encoded, r.cfg.batch_size, r.cfg.seed, epoch, pad, drop_last=True)):
+    for i, batch in enumerate(data.batches(r.encoded, r.cfg.batch_size, r.cfg.seed, epoch, _pad_id(r.tok),
+                                           drop_last=True)):
         yield epoch * r.steps_per_epoch + i, batch
 
 
@@ -588,6 +587,11 @@ def resume_command(cfg):
 def _source(cfg, field):
     """Where a capped value came from, for the lines that say what it leaves out."""
     return f"{cfg.preset} preset" if PRESETS[cfg.preset].get(field) == getattr(cfg, field) else f"--{field}"
+
+
+def _pad_id(tok):
+    """The padding token of batches: the tokenizer's, else its EOS."""
+    return tok.pad_id if tok.pad_id is not None else tok.eos_id
 
 
 def _log(*a):

@@ -85,7 +85,9 @@ def main(argv=None):
     todo = [(t, w, m) for t in a.texts for w in a.budgets for m in a.methods
             if not done(cell(out, m, w, a.seqlen, t))]
     print(f"calib_sweep: {len(todo)} cells to run in {out}")
-    dense_domain = None
+    # the dense model's domain perplexity is the same for every cell: measured once, then reused
+    known = [json.loads(p.read_text()) for p in out.glob(f"*-*x{a.seqlen}.json")]
+    dense_domain = next((c["dense_domain_ppl"] for c in known if "dense_domain_ppl" in c), None)
     for k, (text, windows, method) in enumerate(todo, 1):
         t0 = time.time()
         cfg = prune.check_config(prune.PruneConfig(

@@ -443,16 +443,10 @@ def per_baseline_table(items):
     """One line per (EfficientXpert row, baseline): Δ [interval] flip, and the per-seed signs."""
     if not items:
         return ""
-    keys = sorted(dict.fromkeys(k for x in items for k in x["diff"]), key=lambda k: k != "ppl")
-    lines = ["", "| row − baseline | sparsity | " + " | ".join(f"Δ {k} (per-seed signs)" for k in keys) + " |",
-             "|" + "---|" * (len(keys) + 2)]
-    for x in items:
-        cells = [f"{x['row']} − {x['baseline']}", f"{x['sparsity']:.0%}"]
-        cells += [f"{_delta(x['diff'], k)} ({x['seed_signs'][k]})" if k in x["diff"] else "-" for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
     note = ("Per-seed signs: + where the row's seed value is higher (for ppl: worse), one character "
             "per seed in seed order. A difference is beyond the noise when its interval excludes 0.")
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    return _diff_table(items, "row − baseline", lambda x: f"{x['row']} − {x['baseline']}", signs=True) \
+        + "\n" + note + "\n"
 
 
 def versus(row, other, done, boot):
@@ -503,13 +497,22 @@ def contrast_table(contrasts):
     """What each part changes: the paired differences of CONTRASTS, one line each."""
     if not contrasts:
         return ""
-    keys = sorted(dict.fromkeys(k for x in contrasts for k in x["diff"]), key=lambda k: k != "ppl")
-    lines = ["", "| part (row − row without it) | sparsity | " + " | ".join(f"Δ {k}" for k in keys) + " |",
+    return _diff_table(contrasts, "part (row − row without it)",
+                       lambda x: x["part"] + f" ({x['row']} − {x['without']})")
+
+
+def _diff_table(items, head, name, signs=False):
+    """Markdown, one line per item: name(item), sparsity, and per metric (ppl first) the paired
+    Δ [interval] flip, followed by the per-seed signs when `signs`."""
+    keys = sorted(dict.fromkeys(k for x in items for k in x["diff"]), key=lambda k: k != "ppl")
+    more = " (per-seed signs)" if signs else ""
+    lines = ["", f"| {head} | sparsity | " + " | ".join(f"Δ {k}{more}" for k in keys) + " |",
              "|" + "---|" * (len(keys) + 2)]
-    for x in contrasts:
-        d = x["diff"]
-        cells = [x["part"] + f" ({x['row']} − {x['without']})", f"{x['sparsity']:.0%}"]
-        lines.append("| " + " | ".join(cells + [_delta(d, k) if k in d else "-" for k in keys]) + " |")
+    for x in items:
+        cells = [name(x), f"{x['sparsity']:.0%}"]
+        cells += [_delta(x["diff"], k) + (f" ({x['seed_signs'][k]})" if signs else "") if k in x["diff"] else "-"
+                  for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
