@@ -753,6 +753,24 @@ def test_e7_average_in_driver_and_final_call_fresh(make_model):
                            m_none.model.layers[1].mlp.down_proj.weight == 0)   # E7 moved a mask
 
 
+def test_s3_prune_states_its_buffers_and_calib_batch_changes_nothing(make_model):
+    """The call's first log line states the buffers it adds (calib_memory_estimate, also in
+    the report) in MiB; embedding and running the windows calib_batch at a time gives the
+    same call as all at once (3 does not divide 40: a short last batch)."""
+    ids, weights = calib(n=40, T=64), {}
+    for batch in (3, 40):
+        model, lines = lora_model(make_model), []
+        report = efx.prune(model, ids, "wanda", 0.5, calib_batch=batch, log=lines.append)
+        weights[batch] = [mod.weight.clone() for _, mod in M.lora_modules(model)]
+    for a, b in zip(weights[3], weights[40]):
+        close(a, b, F32, "calib_batch 3 against 40")
+    est = efx.calib_memory_estimate(model.config, 40, 64, 4, efx.PruneOptions(calib_batch=40))
+    assert report["est_calib_bytes"] == est and est["hidden_states"] == 40 * 64 * 64 * 4
+    mib = {k: v / 2**20 for k, v in est.items()}
+    assert (f"{mib['hidden_states']:.1f} MiB hidden states (40x64x64 on cpu) + {mib['stats']:.1f} MiB "
+            f"statistics + ~{mib['activations'] + mib['work']:.1f} MiB work") in lines[0], lines[0]
+
+
 def test_e8_prune_same_seed_same_mask_and_offload(make_model):
     reps = []
     for offload in (False, True):

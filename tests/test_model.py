@@ -470,6 +470,8 @@ def test_s8_loss_at_supervised_positions_equals_full_logits(make_model, chunk, f
     for fast in (False, True):               # nothing supervised: 0, no NaN
         monkeypatch.setattr(M, "SPEEDUPS", fast)
         assert model(ids[1:2], labels=labels[1:2], n_tokens=1).item() == 0.0
+        with torch.no_grad():                # n_tokens defaults to 1: the sum over labelled tokens
+            assert torch.allclose(model(ids, labels=labels), n * model(ids, labels=labels, n_tokens=n))
 
 
 def test_s8_completion_ce_refuses_a_trained_head():
@@ -478,6 +480,27 @@ def test_s8_completion_ce_refuses_a_trained_head():
     w = torch.randn(10, 4, requires_grad=True)
     with pytest.raises(ValueError, match="frozen"):
         speedups.completion_ce(torch.randn(3, 4), w, torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_s8_completion_ce_equals_cross_entropy_per_row(dtype):
+    """speedups.completion_ce against F.cross_entropy(reduction="sum"), value and d/dh, on rows
+    whose logits differ in scale by far more than exp can span (each row needs its own max),
+    in float32 and in bfloat16 (the softmax is float32, d/dh comes back in h's dtype)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(50, 8, generator=g).to(dtype)
+    h0 = torch.randn(6, 8, generator=g) * torch.tensor([1.0, 300.0, 1.0, 80.0, 1.0, 1.0])[:, None]
+    t = torch.randint(0, 50, (6,), generator=g)
+    h = h0.to(dtype).requires_grad_()
+    loss = speedups.completion_ce(h, w, t, chunk=4)      # one chunk holds rows of every scale
+    loss.backward()
+    ref_h = h0.to(dtype).float().requires_grad_()
+    ref = F.cross_entropy(ref_h @ w.float().T, t, reduction="sum")
+    ref.backward()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.isfinite(loss) and abs(loss.item() - ref.item()) <= tol * abs(ref.item()), (loss, ref)
+    assert h.grad.dtype == dtype
+    assert torch.allclose(h.grad.float(), ref_h.grad, rtol=tol, atol=tol * ref_h.grad.abs().max().item())
 
 
 DROPOUTS = {"plain": torch.nn.Dropout, "gap": speedups.GapDropout}   # model.py's, the fast form
@@ -505,12 +528,14 @@ def test_e0_gap_dropout_is_bernoulli_scaled(form):
     assert torch.equal(*seeded)
 
 
-def test_e0_gap_dropout_rate_is_p_at_every_position():
+@pytest.mark.parametrize("n", [64, 6])
+def test_e0_gap_dropout_rate_is_p_at_every_position(n):
     """GapDropout draws gaps between zeros; each position must be zero with probability p
     (not only on average): over 4000 draws every column's rate lies within 5 sigma of p, and
     the first and last positions (where gap drawing starts and stops) are not special; the
-    plain nn.Dropout's rates, drawn alike, lie within 5 sigma of GapDropout's at every position."""
-    p, n, draws = 0.2, 64, 4000
+    plain nn.Dropout's rates, drawn alike, lie within 5 sigma of GapDropout's at every position.
+    n = 6: fewer zeros expected (1.2) than the draw's safety margin."""
+    p, draws = 0.2, 4000
     torch.manual_seed(0)
     rates = {form: torch.stack([Dropout(p).train()(torch.ones(n)) == 0 for _ in range(draws)])
              .float().mean(0) for form, Dropout in DROPOUTS.items()}                   # (n,)
@@ -519,6 +544,14 @@ def test_e0_gap_dropout_rate_is_p_at_every_position():
     assert (zeros - p).abs().max().item() < tol, zeros
     assert abs(zeros[0].item() - p) < tol and abs(zeros[-1].item() - p) < tol
     assert (zeros - rates["plain"]).abs().max().item() < tol * math.sqrt(2), rates
+
+
+def test_e0_gap_dropout_draws_gaps_on_cpu():
+    """On CPU GapDropout places the zeros by its own gap draw, not by nn.Dropout's stream:
+    the same seed gives another mask (the speed-up is in effect where it is switched in)."""
+    x = torch.ones(20, 30)
+    masks = [(torch.manual_seed(5), Dropout(0.3).train()(x) == 0)[1] for Dropout in DROPOUTS.values()]
+    assert not torch.equal(*masks)
 
 
 def test_s2_save_model_refuses_unmerged_adapters(make_model, tmp_path):
