@@ -27,7 +27,7 @@ unreached = listed("mutation_unreached_cpu.txt")        # device mistakes: only 
 rows, survivors = collections.defaultdict(collections.Counter), []
 codes = {}                                          # (file, mutant) -> exit code of its last check
 for src in srcs:
-    for meta in sorted((src / "mutants").glob("*.py.meta")):
+    for meta in sorted((src / "mutants").rglob("*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             if code is not None or (meta.name, name) not in codes:
                 codes[meta.name, name] = code
