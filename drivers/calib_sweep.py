@@ -3,11 +3,13 @@
 One-shot pruning at 50 % (drivers/prune.py) of the default model for every method x budget x
 calibration text (the general corpus, or the med domain's training half), each cell scored
 on two held-out texts: the general corpus's tail and the med domain's perplexity half (the
-same windows for every cell). Each finished cell is one JSON file in --out (a rerun skips it:
-the sweep resumes where it stopped); the tables are rebuilt from the files at the end.
+same windows of --eval_seqlen tokens for every cell, whatever the calibration windows' length).
+Each finished cell is one JSON file in --out (a rerun skips it: the sweep resumes where it
+stopped); the tables are rebuilt from the files at the end.
 
     python -m drivers.calib_sweep                              # the whole grid; resumes from study/calib_sweep/
     python -m drivers.calib_sweep --budgets 8 32 --texts general   # a part of it
+    python -m drivers.calib_sweep --seqlen 512 --budgets 32       # 16k tokens in windows of 512
 """
 import argparse
 import json
@@ -54,7 +56,7 @@ def table(out):
     cells = [c for c in cells if "domain_ppl" in c]
     if not cells:
         return "no finished cells yet\n"
-    budgets = sorted({(c["windows"], c["seqlen"]) for c in cells})
+    budgets = sorted({(c["windows"], c["seqlen"]) for c in cells}, key=lambda b: (b[0] * b[1], b[1]))
     lines = []
     for text in sorted({c["text"] for c in cells}):
         dense = next(c for c in cells if c["text"] == text)
@@ -74,35 +76,39 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--budgets", nargs="+", type=int, default=[8, 32, 64, 128], help="calibration windows")
-    ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration and perplexity window")
+    ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window")
+    ap.add_argument("--eval_seqlen", type=int, default=256, help="tokens per perplexity window (every cell)")
     ap.add_argument("--texts", nargs="+", default=["general", "med"], choices=["general", "med"])
     ap.add_argument("--eval_windows", type=int, default=16)
     ap.add_argument("--out", default="study/calib_sweep", help="cell files (committed: the sweep resumes from them)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    done = lambda path: path.exists() and "domain_ppl" in json.loads(path.read_text())
+    scored = lambda c: "domain_ppl" in c and c.get("eval_seqlen", 256) == a.eval_seqlen
+    done = lambda path: path.exists() and scored(json.loads(path.read_text()))
     todo = [(t, w, m) for t in a.texts for w in a.budgets for m in a.methods
             if not done(cell(out, m, w, a.seqlen, t))]
     print(f"calib_sweep: {len(todo)} cells to run in {out}")
     # the dense model's domain perplexity is the same for every cell: measured once, then reused
-    known = [json.loads(p.read_text()) for p in out.glob(f"*-*x{a.seqlen}.json")]
-    dense_domain = next((c["dense_domain_ppl"] for c in known if "dense_domain_ppl" in c), None)
+    known = [json.loads(p.read_text()) for p in out.glob("*-*x*.json")]
+    dense_domain = next((c["dense_domain_ppl"] for c in known if scored(c)), None)
     for k, (text, windows, method) in enumerate(todo, 1):
         t0 = time.time()
         cfg = prune.check_config(prune.PruneConfig(
-            sparsity=0.5, nsamples=windows, seqlen=a.seqlen, eval_windows=a.eval_windows,
+            sparsity=0.5, nsamples=windows, seqlen=a.seqlen,
+            eval_windows=a.eval_windows, eval_seqlen=a.eval_seqlen,
             calib=str(domain_text(out)) if text == "med" else "", results=str(out / "last_prune.json"),
             overwrite=True, **METHODS[method]))
         res = prune.run(cfg)       # perplexity: the general corpus's held-out tail for every text
         if dense_domain is None:
             model_dir = assets.default_model_dir()
             dense = M.load_model(model_dir)
-            dense_domain = domain_ppl(dense, res["tokenizer"], a.seqlen, a.eval_windows)
+            dense_domain = domain_ppl(dense, res["tokenizer"], a.eval_seqlen, a.eval_windows)
             del dense
         rec = {"method": method, "text": text, "windows": windows, "seqlen": a.seqlen,
+               "eval_seqlen": a.eval_seqlen,
                "ppl": res["pruned"]["ppl"], "dense_ppl": res["dense"]["ppl"],
-               "domain_ppl": domain_ppl(res["model"], res["tokenizer"], a.seqlen, a.eval_windows),
+               "domain_ppl": domain_ppl(res["model"], res["tokenizer"], a.eval_seqlen, a.eval_windows),
                "dense_domain_ppl": dense_domain, "prune_s": res["report"]["time_s"],
                "wall_s": time.time() - t0}
         del res

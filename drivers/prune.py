@@ -27,11 +27,12 @@ class PruneConfig(efx.PruneOptions):
     seed: int = 0                # calibration window offsets
     model: str = ""              # HF-layout model directory; "" -> assets.default_model_dir()
     nsamples: int = 32           # calibration windows (Wanda/SparseGPT use 128)
-    seqlen: int = 512            # tokens per window, calibration and perplexity
+    seqlen: int = 512            # tokens per calibration window (and perplexity window unless eval_seqlen)
     calib: str = ""              # calibration text file; "" -> general corpus minus held-out tail
     eval_text: str = ""          # perplexity text file; "" -> the held-out tail of the general corpus
     heldout_frac: float = 0.1    # tail of the general corpus kept out of calibration
     eval_windows: int = 32       # at most this many perplexity windows
+    eval_seqlen: int = 0         # tokens per perplexity window; 0 = seqlen
     batch_size: int = 8          # perplexity windows per forward
     device: str = ""             # "" -> model.pick_device() (cuda > mps > cpu)
     dtype: str = "float32"       # float32 | bfloat16 | float16 (weights and hidden states)
@@ -49,6 +50,8 @@ class PruneConfig(efx.PruneOptions):
         if min(self.nsamples, self.batch_size, self.eval_windows) < 1 or self.seqlen < 2:
             raise ValueError("nsamples, batch_size and eval_windows must be >= 1 and seqlen >= 2, got "
                              f"{self.nsamples}, {self.batch_size}, {self.eval_windows}, {self.seqlen}")
+        if self.eval_seqlen != 0 and self.eval_seqlen < 2:
+            raise ValueError(f"eval_seqlen must be 0 (= seqlen) or >= 2, got {self.eval_seqlen}")
         if not 0 <= self.heldout_frac < 1:
             raise ValueError(f"heldout_frac must be in [0, 1), got {self.heldout_frac}")
 
@@ -85,14 +88,15 @@ def run(cfg: PruneConfig) -> dict:
     cut = int(len(general) * (1 - cfg.heldout_frac))
     calib_src = tok.encode(Path(cfg.calib).read_text(), bos=False) if cfg.calib else general[:cut]
     heldout = tok.encode(Path(cfg.eval_text).read_text(), bos=False) if cfg.eval_text else general[cut:]
-    heldout = heldout[: cfg.eval_windows * cfg.seqlen]
+    L = cfg.eval_seqlen or cfg.seqlen                  # perplexity window
+    heldout = heldout[: cfg.eval_windows * L]
     corpus = cfg.eval_text or f"general_corpus tail {cfg.heldout_frac:.0%}"
     calib_ids, offsets = data.calibration_windows(tok, calib_src, cfg.nsamples, cfg.seqlen, cfg.seed)
-    dense = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
-    print(f"dense perplexity {dense['ppl']:.3f} ({dense['windows']} windows x {cfg.seqlen})")
+    dense = ev.perplexity_record(model, heldout, L, corpus, cfg.batch_size)
+    print(f"dense perplexity {dense['ppl']:.3f} ({dense['windows']} windows x {L})")
     rep = efx.prune(model, calib_ids, options=efx.PruneOptions.of(cfg), **cli.prune_reporting())
     rep["peak_memory_gb"], rep["peak_memory_kind"] = cli.peak_memory(dev)
-    pruned = ev.perplexity_record(model, heldout, cfg.seqlen, corpus, cfg.batch_size)
+    pruned = ev.perplexity_record(model, heldout, L, corpus, cfg.batch_size)
     print(f"pruned perplexity {pruned['ppl']:.3f} at sparsity {rep['overall_sparsity']:.4f} "
           f"({cfg.method}, prune call {rep['time_s']:.1f}s)")
     results = {"config": dataclasses.asdict(cfg), "model_dir": str(model_dir), "dense": dense,

@@ -843,6 +843,11 @@ def test_s3_cli_one_shot_on_tiny_checkpoint(tiny_ckpt, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["report"]["nm_valid"] and math.isfinite(saved["pruned"]["ppl"])
     assert saved["dense"]["windows"] == 6 and res["config"]["method"] == "foresight"
+    short = prune.main(["--model", str(ckpt), "--nsamples", "4", "--seqlen", "32", "--eval_seqlen", "8",
+                        "--calib", str(tmp_path / "calib.txt"), "--eval_text", str(tmp_path / "heldout.txt"),
+                        "--results", str(tmp_path / "short.json")])
+    assert short["dense"]["seqlen"] == short["pruned"]["seqlen"] == 8 and short["dense"]["windows"] >= 24
+    assert short["calib_offsets"] == res["calib_offsets"]      # the same 32-token calibration windows
     reloaded = M.load_model(out)
     for _, m in M.lora_modules(reloaded):
         assert ((m.weight == 0).sum(1) == m.in_features // 2).all()
