@@ -1179,21 +1179,25 @@ def test_input_core_refusals_name_what(i):
 
 def test_e11_chol_damps_until_it_factors_and_gives_up_on_a_hopeless_system():
     """obs.chol: a matrix that is not positive definite gets more damping, each increase
-    noted (from < to), until L L^T = K + damp I holds; batched K are damped together. A
-    system far from definite raises instead of damping without end."""
+    noted (first 1e-8 (mean |diag K| + 1), then x10), until L L^T = K + damp I holds; batched K
+    are damped together. Eight tries at most: a system far from definite raises instead of
+    damping without end."""
     info = {}
     K = torch.stack([torch.diag(torch.tensor([1.0, -1e-7], dtype=torch.float64)),
                      torch.diag(torch.tensor([3.0, 3.0], dtype=torch.float64))])
     L, damp = efx.chol(K, 0.0, info, "K")
     notes = info["damping_increased"]
-    assert notes and notes[0]["from"] == 0.0 and all(n["from"] < n["to"] for n in notes)
+    first = 1e-8 * float(torch.tensor([1.0, 1e-7, 3.0, 3.0], dtype=torch.float64).mean() + 1)  # mean |diag| of the stack
+    assert notes and notes[0]["from"] == 0.0 and notes[0]["to"] == pytest.approx(first, rel=1e-12)
+    assert all(n["to"] == pytest.approx(10 * n["from"], rel=1e-12) for n in notes[1:])    # then damp *= 10
     assert notes[-1]["to"] == damp and damp > 1e-7               # enough to lift -1e-7
     close(L @ L.mT, K + damp * torch.eye(2, dtype=K.dtype), F64, "L L^T = K + damp I")
     L, d0 = efx.chol(torch.eye(3, dtype=torch.float64), 0.0, info := {}, "I")
     assert d0 == 0.0 and not info                                # definite: no damping, no note
     K = torch.diag(torch.tensor([1.0] * 99 + [-1e6], dtype=torch.float64))
     with pytest.raises(torch.linalg.LinAlgError, match="K: not positive definite"):
-        efx.chol(K, 0.0, None, "K")
+        efx.chol(K, 0.0, info := {}, "K")
+    assert len(info["damping_increased"]) == 8                   # eight tries, then it gives up
 
 
 def test_e10_empty_nm_means_unstructured():
