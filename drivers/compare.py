@@ -388,15 +388,17 @@ def aggregate(c, runs, done):
     dense (method §9, from the seed means), and against the best baseline at that sparsity the
     paired difference of ppl and of every accuracy; the CONTRASTS whose two rows ran.
     Returns (rows, {sparsity: best}, contrasts)."""
-    groups = {}
+    groups, ratios = {}, {}
     for r in runs:
         groups.setdefault((r["method"], r["sparsity"]), []).append(done[r["name"]])
+        ratios.setdefault((r["method"], r["sparsity"]), []).append(time_ratio(r, done))
     boot = dict(n_boot=c.n_boot, seed=c.boot_seed)
     rows = []
     for (method, s), recs in groups.items():
         row = {"name": f"{method} @{s:.0%}", "method": method, "sparsity": s, "seeds": [x["seed"] for x in recs],
                "metrics": {}, "per_seed": {}, "zeros": 100 * np.mean([x["zeros"] for x in recs]),
-               "wall_s": float(np.mean([x["wall_s"] for x in recs]))}
+               "wall_s": float(np.mean([x["wall_s"] for x in recs])),
+               "time_x_dense": float(np.mean(ratios[method, s]))}
         for key in recs[0]["metrics"]:
             items, stat = zip(*(metric_items(x, key) for x in recs))
             row["metrics"][key] = dict(zip(("mean", "lo", "hi"), bootstrap(items, stat[0], **boot)))
@@ -422,6 +424,15 @@ def aggregate(c, runs, done):
     contrasts = [{"row": a, "without": b, "part": part, "sparsity": s, "diff": versus(at[a, s], at[b, s], done, boot)}
                  for s in [0.0] + c.sparsity + c.curve for a, b, part in CONTRASTS if (a, s) in at and (b, s) in at]
     return rows, best, contrasts
+
+
+def time_ratio(r, done):
+    """What the run's model cost against its seed's dense LoRA run: seconds to make the model
+    (training with its pruning calls, or loading and one prune call; evaluation not counted),
+    plus the dense LoRA training for the rows that prune that model, over the dense training."""
+    fit = lambda rec: rec["wall_s"] - rec["eval_s"]
+    dense = fit(done[f"dense_lora-s{r['seed']}"])
+    return (fit(done[r["name"]]) + (dense if r["reuse"] else 0.0)) / dense
 
 
 def per_baseline(c, rows, done):
@@ -472,7 +483,7 @@ def markdown(rows, best, c):
     keys = (["ppl"] if "ppl" in keys else []) + [k for k in keys if k != "ppl"]
     diffs = [k for k in keys if k == "ppl" or k.endswith("/accuracy")]
     head = ["method", "sparsity"] + keys + ["% of dense", "zeros %"] + [f"Δ {k} vs best baseline" for k in diffs]
-    head += ["wall s"]
+    head += ["wall s", "time × dense LoRA"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vs = r.get("vs_best", {})
@@ -480,7 +491,7 @@ def markdown(rows, best, c):
                                                          if k in r["metrics"] else "-" for k in keys]
         cells += ["-" if r["rel"] is None else f"{r['rel']:.1f}", f"{r['zeros']:.1f}"]
         cells += [_delta(vs, k) if k in vs else "-" for k in diffs]
-        lines.append("| " + " | ".join(cells + [f"{r['wall_s']:.0f}"]) + " |")
+        lines.append("| " + " | ".join(cells + [f"{r['wall_s']:.0f}", f"{r['time_x_dense']:.2f}"]) + " |")
     seeds = ", ".join(map(str, c.seeds))
     notes = [f"Seed mean over seeds {seeds}; [2.5 %, 97.5 %] of {c.n_boot} hierarchical bootstrap resamples "
              "(seeds with replacement, then test items / perplexity windows within each seed).",
@@ -489,7 +500,11 @@ def markdown(rows, best, c):
                         if c.curve else "."),
              "Δ: method − best baseline at the same sparsity (" + ", ".join(f"{s:.0%}: {m}" for s, m in best.items())
              + "), on the same resamples (paired); flip: share of resamples whose Δ lacks the sign of the estimate.",
-             "wall s: per run; the baselines prune the dense LoRA model of their seed (its training not counted)."]
+             "wall s: per run, evaluation included; the rows that prune the dense LoRA model of their seed "
+             "do not count its training.",
+             "time × dense LoRA: the seconds that made the row's model (training and its pruning calls; for the "
+             "rows that prune the dense LoRA model, that model's training plus the call), over the same seed's "
+             "dense LoRA training; evaluation not counted; seed mean."]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 

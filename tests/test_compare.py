@@ -339,3 +339,12 @@ def test_s9_dense_start_row_and_every_baseline_against_the_efx_rows(study, monke
     a, b = by[x["row"], 0.5]["per_seed"]["ppl"], by[x["baseline"], 0.5]["per_seed"]["ppl"]
     assert x["seed_signs"]["ppl"] == "".join("+" if p > q else "-" if p < q else "0" for p, q in zip(a, b))
     assert "efx_e16 − wanda_before" in res["table"]
+    # the cost of each row's model against its seed's dense LoRA training (evaluation not counted)
+    recs = {p.stem: json.loads(p.read_text()) for p in (Path(res["config"]["out"]) / "runs").iterdir()}
+    fit = lambda name: recs[name]["wall_s"] - recs[name]["eval_s"]
+    ratio = lambda row, extra: np.mean([(fit(f"{row}-s{s}") + extra * fit(f"dense_lora-s{s}")) / fit(f"dense_lora-s{s}")
+                                        for s in (0, 1)])
+    assert by["dense_lora", 0.0]["time_x_dense"] == pytest.approx(1.0)
+    assert by["wanda_before", 0.5]["time_x_dense"] == pytest.approx(ratio("wanda_before-50", 0))    # trains
+    assert by["wanda_lora", 0.5]["time_x_dense"] == pytest.approx(ratio("wanda_lora-50", 1))        # + dense
+    assert "time × dense LoRA" in res["table"]
