@@ -137,11 +137,12 @@ PRESETS = {
                   nsamples=128, seqlen=2048, mask_lr=0.5, max_len=2048, max_train=0,
                   foresight_variant="code", pbs=True, pbs_variant="paper", reconstruct="none",
                   compensate_final=False),
-    # The main job on 2 CPU cores. 192 of the 320 med training examples and 8 x 256
-    # calibration tokens keep it to minutes and EfficientXpert's pruning calls within ~7 % of
-    # the training time (bench_train.py); 16 x 256 gave a one-shot perplexity only 1.5 % lower.
-    # Two intermediate calls (steps 32 and 64 of 96), so that the score average E7 acts.
-    "default": dict(epochs=2, max_train=192, nsamples=8, seqlen=256, max_len=256, eval_max=40,
+    # The main job on 2 CPU cores: 192 of the 320 med training examples keep it to minutes.
+    # 64 x 256 = 16k calibration tokens, the knee of the calibration sweep (docs/calibration.md):
+    # at 2k the OBS update (E16, the default compensation) starves. Each call then costs about
+    # as much as 32 training steps here (72 s; docs/main-job.md). Two intermediate calls (steps
+    # 32 and 64 of 96), so that the score average E7 acts.
+    "default": dict(epochs=2, max_train=192, nsamples=64, seqlen=256, max_len=256, eval_max=40,
                     eval_ppl_windows=16, prune_every_steps=32),
     # compare.py's evidence study (docs/study.md): one epoch of 128 examples (or windows),
     # calls at steps 11 and 22 of 32 and the final one. 64 x 256 = 16k calibration tokens: the
