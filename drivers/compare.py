@@ -388,17 +388,17 @@ def aggregate(c, runs, done):
     dense (method §9, from the seed means), and against the best baseline at that sparsity the
     paired difference of ppl and of every accuracy; the CONTRASTS whose two rows ran.
     Returns (rows, {sparsity: best}, contrasts)."""
-    groups, ratios = {}, {}
+    groups = {}
     for r in runs:
-        groups.setdefault((r["method"], r["sparsity"]), []).append(done[r["name"]])
-        ratios.setdefault((r["method"], r["sparsity"]), []).append(time_ratio(r, done))
+        groups.setdefault((r["method"], r["sparsity"]), []).append(r)
     boot = dict(n_boot=c.n_boot, seed=c.boot_seed)
     rows = []
-    for (method, s), recs in groups.items():
+    for (method, s), group in groups.items():
+        recs = [done[r["name"]] for r in group]
         row = {"name": f"{method} @{s:.0%}", "method": method, "sparsity": s, "seeds": [x["seed"] for x in recs],
                "metrics": {}, "per_seed": {}, "zeros": 100 * np.mean([x["zeros"] for x in recs]),
                "wall_s": float(np.mean([x["wall_s"] for x in recs])),
-               "time_x_dense": float(np.mean(ratios[method, s]))}
+               "time_x_dense": float(np.mean([time_ratio(r, done) for r in group]))}
         for key in recs[0]["metrics"]:
             items, stat = zip(*(metric_items(x, key) for x in recs))
             row["metrics"][key] = dict(zip(("mean", "lo", "hi"), bootstrap(items, stat[0], **boot)))
