@@ -372,6 +372,9 @@ def study(c, log=print):
     rows, best, contrasts = aggregate(c, runs, done)
     against = per_baseline(c, rows, done)
     table = markdown(rows, best, c) + contrast_table(contrasts) + per_baseline_table(against)
+    if base.get("nm"):     # the budget's N:M pattern overrides --sparsity in every pruned row
+        table = (f"Every pruned row is {base['nm']} semi-structured (the budget's nm); the sparsity column "
+                 "is --sparsity, the zeros column what the pattern gave.\n\n") + table
     results = {"config": dataclasses.asdict(c), "budget": base, "evaluation": evaluation,
                "test_items": {k: len(v) for k, v in tests.items()}, "train_examples": len(examples) if c.objective == "task" else None,
                "train_text_chars": len(examples) if c.objective == "lm" else None,

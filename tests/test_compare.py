@@ -348,3 +348,21 @@ def test_s9_dense_start_row_and_every_baseline_against_the_efx_rows(study, monke
     assert by["wanda_before", 0.5]["time_x_dense"] == pytest.approx(ratio("wanda_before-50", 0))    # trains
     assert by["wanda_lora", 0.5]["time_x_dense"] == pytest.approx(ratio("wanda_lora-50", 1))        # + dense
     assert "time × dense LoRA" in res["table"]
+
+
+def test_s9_study_with_an_nm_budget_prunes_every_row_to_the_pattern(study, tmp_path):
+    """A budget with nm = "2:4" makes every pruned row 2:4 (train.py ignores --sparsity then),
+    and the table says so above its first line."""
+    c = study("nm", methods=["wanda_lora", "efx_none"], seeds=[0])
+    budget = Path(c.train_config)
+    plain_budget = budget.read_text()
+    budget.write_text(json.dumps({**json.loads(plain_budget), "nm": "2:4"}))
+    res = compare.study(c, log=lambda *_: None)
+    assert res["table"].startswith("Every pruned row is 2:4 semi-structured")
+    assert res["table"].count("| method | sparsity |") == 1
+    for name in ("wanda_lora-50-s0", "efx_none-50-s0"):
+        run = json.loads((Path(c.out) / "runs" / f"{name}.json").read_text())
+        assert run["config"]["nm"] == "2:4" and run["zeros"] == pytest.approx(0.5, abs=0.01)
+    budget.write_text(plain_budget)
+    plain = compare.study(study("plain", methods=["wanda_lora"], seeds=[0]), log=lambda *_: None)
+    assert plain["table"].startswith("| method | sparsity |")
