@@ -350,7 +350,7 @@ def test_s9_dense_start_row_and_every_baseline_against_the_efx_rows(study, monke
     assert "time × dense LoRA" in res["table"]
 
 
-def test_s9_study_with_an_nm_budget_prunes_every_row_to_the_pattern(study, tmp_path):
+def test_s9_study_with_an_nm_budget_prunes_every_row_to_the_pattern(study):
     """A budget with nm = "2:4" makes every pruned row 2:4 (train.py ignores --sparsity then),
     and the table says so above its first line."""
     c = study("nm", methods=["wanda_lora", "efx_none"], seeds=[0])
