@@ -57,12 +57,14 @@ METHODS = {"dense_start": {"method": "dense"},       # the pretrained model, not
            "efx_e15": {"method": "efx", "pbs": True, "pbs_variant": "gram", "reconstruct": "none"},
            "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"},
            "foresight_after": {"method": "efx", "pbs": False, "reconstruct": "none"},
-           "efx_after": {"method": "efx", "pbs": False, "reconstruct": "obs"}}
+           "efx_after": {"method": "efx", "pbs": False, "reconstruct": "obs"},
+           # a variant: E16 with the cubic ramp (the calls prune 0.70, 0.96, 1 of the target)
+           "efx_e16_ramp": {"method": "efx", "pbs": False, "reconstruct": "obs", "sparsity_ramp": "cubic"}}
 # "best baseline": the lowest mean perplexity of these at a sparsity (magnitude is a floor)
 BASELINES = ("wanda_lora", "sparsegpt_lora", "wanda_before", "sparsegpt_before")
 # rows that prune the dense LoRA model of their seed instead of training
 AFTER = ("wanda_lora", "sparsegpt_lora", "magnitude_lora", "foresight_after", "efx_after")
-EFX_ROWS = ("efx_published", "efx_e16", "efx")     # set against every baseline (per_baseline)
+EFX_ROWS = ("efx_published", "efx_e16", "efx", "efx_e16_ramp")     # set against every baseline (per_baseline)
 # What one part of the method changes: (row, the row without that part, the part), paired.
 CONTRASTS = [("dense_lora", "dense_start", "fine-tuning: dense LoRA against the dense start"),
              ("efx_published", "efx_none", "PBS as published (E14, before the masked merge)"),
@@ -70,6 +72,7 @@ CONTRASTS = [("dense_lora", "dense_start", "fine-tuning: dense LoRA against the 
              ("efx_e16", "efx_none", "OBS reconstruction (E16)"),
              ("efx_none", "foresight_after", "pruning during training (E7 average), no compensation"),
              ("efx", "efx_after", "pruning during training, with E16"),
+             ("efx_e16_ramp", "efx_e16", "the cubic sparsity ramp across calls, with E16"),
              ("foresight_after", "wanda_lora", "ForeSight's mask (E6) against Wanda's, one call after training"),
              ("efx_after", "sparsegpt_lora", "ForeSight's mask against SparseGPT's, both with the OBS update")]
 

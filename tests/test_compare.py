@@ -366,3 +366,21 @@ def test_s9_study_with_an_nm_budget_prunes_every_row_to_the_pattern(study):
     budget.write_text(plain_budget)
     plain = compare.study(study("plain", methods=["wanda_lora"], seeds=[0]), log=lambda *_: None)
     assert plain["table"].startswith("| method | sparsity |")
+
+
+def test_s9_ramp_variant_row_prunes_up_the_cubic_ramp(study, monkeypatch):
+    """efx_e16_ramp is efx_e16 with sparsity_ramp "cubic": its own training (not efx_e16's
+    twin), its intermediate call at rho (1 - (1 - 1/2)^3) = 0.4375 of two calls, the final at
+    the target; the contrast against efx_e16 is their paired difference."""
+    calls = _count(monkeypatch)
+    res = compare.study(study("r", methods=["efx_e16", "efx_e16_ramp"], seeds=[0]), log=lambda *_: None)
+    assert calls == [("train", "dense", 0), ("train", "efx", 0), ("train", "efx", 0)]
+    runs = {m: json.loads((Path(study("r").out) / f"runs/{m}-50-s0.json").read_text())
+            for m in ("efx_e16", "efx_e16_ramp")}
+    got = {m: [c["overall_sparsity"] for c in r["train"]["prune_calls"]] for m, r in runs.items()}
+    assert got["efx_e16"] == pytest.approx([0.5, 0.5], abs=0.02)
+    assert got["efx_e16_ramp"] == pytest.approx([0.4375, 0.5], abs=0.02)
+    (con,) = res["contrasts"]
+    assert (con["row"], con["without"]) == ("efx_e16_ramp", "efx_e16")
+    want = runs["efx_e16_ramp"]["metrics"]["ppl"] - runs["efx_e16"]["metrics"]["ppl"]
+    assert con["diff"]["ppl"]["diff"] == pytest.approx(want)
