@@ -58,7 +58,7 @@ METHODS = {"dense_start": {"method": "dense"},       # the pretrained model, not
            "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"},
            "foresight_after": {"method": "efx", "pbs": False, "reconstruct": "none"},
            "efx_after": {"method": "efx", "pbs": False, "reconstruct": "obs"},
-           # a variant: E16 with the cubic ramp (the calls prune 0.70, 0.96, 1 of the target)
+           # a variant: E16 with train.ramp's cubic schedule (three calls: 0.70, 0.96, 1 of the target)
            "efx_e16_ramp": {"method": "efx", "pbs": False, "reconstruct": "obs", "sparsity_ramp": "cubic"}}
 # "best baseline": the lowest mean perplexity of these at a sparsity (magnitude is a floor)
 BASELINES = ("wanda_lora", "sparsegpt_lora", "wanda_before", "sparsegpt_before")
