@@ -58,13 +58,23 @@ METHODS = {"dense_start": {"method": "dense"},       # the pretrained model, not
            "efx_e16": {"method": "efx", "pbs": False, "reconstruct": "obs"},
            "foresight_after": {"method": "efx", "pbs": False, "reconstruct": "none"},
            "efx_after": {"method": "efx", "pbs": False, "reconstruct": "obs"},
-           # a variant: E16 with train.ramp's cubic schedule (three calls: 0.70, 0.96, 1 of the target)
-           "efx_e16_ramp": {"method": "efx", "pbs": False, "reconstruct": "obs", "sparsity_ramp": "cubic"}}
+           # variants of E16, each changing one thing:
+           # train.ramp's cubic schedule (three calls: 0.70, 0.96, 1 of the target)
+           "efx_e16_ramp": {"method": "efx", "pbs": False, "reconstruct": "obs", "sparsity_ramp": "cubic"},
+           # then E15 through a fresh B (efx._compensate)
+           "efx_e16_e15": {"method": "efx", "pbs": True, "pbs_variant": "gram", "reconstruct": "obs"},
+           # no score average across calls (E7 with eta = 1: each call's own score)
+           "efx_e16_eta1": {"method": "efx", "pbs": False, "reconstruct": "obs", "mask_lr": 1.0},
+           # the paper's schedule: calls at epoch boundaries only (two epochs: one, then the final)
+           "efx_e16_epochs": {"method": "efx", "pbs": False, "reconstruct": "obs", "prune_every_steps": 0},
+           # calibration on the text the run trains on, not the general corpus
+           "efx_e16_calib_train": {"method": "efx", "pbs": False, "reconstruct": "obs", "calib": "train"}}
+VARIANTS = ("efx_e16_ramp", "efx_e16_e15", "efx_e16_eta1", "efx_e16_epochs", "efx_e16_calib_train")
 # "best baseline": the lowest mean perplexity of these at a sparsity (magnitude is a floor)
 BASELINES = ("wanda_lora", "sparsegpt_lora", "wanda_before", "sparsegpt_before")
 # rows that prune the dense LoRA model of their seed instead of training
 AFTER = ("wanda_lora", "sparsegpt_lora", "magnitude_lora", "foresight_after", "efx_after")
-EFX_ROWS = ("efx_published", "efx_e16", "efx", "efx_e16_ramp")     # set against every baseline (per_baseline)
+EFX_ROWS = ("efx_published", "efx_e16", "efx") + VARIANTS     # set against every baseline (per_baseline)
 # What one part of the method changes: (row, the row without that part, the part), paired.
 CONTRASTS = [("dense_lora", "dense_start", "fine-tuning: dense LoRA against the dense start"),
              ("efx_published", "efx_none", "PBS as published (E14, before the masked merge)"),
@@ -73,6 +83,10 @@ CONTRASTS = [("dense_lora", "dense_start", "fine-tuning: dense LoRA against the 
              ("efx_none", "foresight_after", "pruning during training (E7 average), no compensation"),
              ("efx", "efx_after", "pruning during training, with E16"),
              ("efx_e16_ramp", "efx_e16", "the cubic sparsity ramp across calls, with E16"),
+             ("efx_e16_e15", "efx_e16", "Gram PBS (E15) after E16"),
+             ("efx_e16_eta1", "efx_e16", "no score average across calls (E7, eta = 1), with E16"),
+             ("efx_e16_epochs", "efx_e16", "calls at epoch boundaries only (the paper's schedule), with E16"),
+             ("efx_e16_calib_train", "efx_e16", "calibration on the training text, not the general corpus, with E16"),
              ("foresight_after", "wanda_lora", "ForeSight's mask (E6) against Wanda's, one call after training"),
              ("efx_after", "sparsegpt_lora", "ForeSight's mask against SparseGPT's, both with the OBS update")]
 
@@ -246,10 +260,12 @@ def plan(c, base, split, tasks, evaluation):
     fixed = {"overwrite": True, "eval": False, "objective": c.objective,   # evaluation: here, alike
              "train_text" if lm else "train": str(train_file),
              "test": [str(split / "test" / f"{t}.jsonl") for t in tasks]}
-    calib = base.get("calib") or "general_corpus"      # "train": the training data, digested below
-    if calib not in ("general_corpus", "train"):
-        calib = _digest(Path(calib).read_text())
-    sources = {"train": _digest(train_file.read_text()), "calib": calib}
+    train_digest = _digest(train_file.read_text())
+
+    def sources(calib):                 # "" = the general corpus; "train" = the training data above
+        calib = calib or "general_corpus"
+        return {"train": train_digest,
+                "calib": calib if calib in ("general_corpus", "train") else _digest(Path(calib).read_text())}
     dense = [(m, 0.0, True) for m in ("dense_lora", "dense_start") if m == "dense_lora" or m in c.methods]
     grid = dense + [(m, s, True) for s in c.sparsity for m in c.methods if not m.startswith("dense_")]
     curve = [[(m, s, False) for m in c.curve_methods if m != "dense_lora"] for s in c.curve]
@@ -260,7 +276,7 @@ def plan(c, base, split, tasks, evaluation):
                                            "out": str(where)})
         reuse = method in AFTER and (cfg.baseline_order == "after" or method not in BASELINES)
         ident = {"run": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN},
-                 "data": sources, "row": method, "reuse_dense": reuse,
+                 "data": sources(cfg.calib), "row": method, "reuse_dense": reuse,
                  "eval": evaluation if full else {**evaluation, "tests": "none"}}
         if method == "dense_start":                     # not trained: not dense_lora's twin
             ident["untrained"] = True

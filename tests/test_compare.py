@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from drivers import compare  # noqa: E402
 from conftest import words  # noqa: E402
 import eval as E  # noqa: E402
+import efx  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
 
@@ -384,3 +385,44 @@ def test_s9_ramp_variant_row_prunes_up_the_cubic_ramp(study, monkeypatch):
     assert (con["row"], con["without"]) == ("efx_e16_ramp", "efx_e16")
     want = runs["efx_e16_ramp"]["metrics"]["ppl"] - runs["efx_e16"]["metrics"]["ppl"]
     assert con["diff"]["ppl"]["diff"] == pytest.approx(want)
+
+
+def test_s9_variant_rows_change_one_thing_each(study, monkeypatch):
+    """Each E16 variant reaches the run it names, and only there: eta = 1 in every score
+    average (E7), E15 through a fresh B after E16, calls at epoch boundaries only (2 epochs:
+    two calls, where efx_e16 prunes every step), calibration on the training data. Each is
+    set against efx_e16 in the contrasts."""
+    variants = ["efx_e16_e15", "efx_e16_eta1", "efx_e16_epochs", "efx_e16_calib_train"]
+    c = study("v", methods=["efx_e16"] + variants, seeds=[0])
+    budget = Path(c.train_config)
+    budget.write_text(json.dumps({**json.loads(budget.read_text()), "prune_every_steps": 1}))
+    calib_text = Path(json.loads(budget.read_text())["calib"]).read_text()
+    seen, real_avg, real_gram, run_now = [], efx.average_score, efx.gram_pbs_update, []
+    real_run = train.run
+
+    def run(cfg, *a, **kw):
+        run_now[:] = [cfg.out]
+        return real_run(cfg, *a, **kw)
+
+    def avg(S, prev, mask_lr=0.5):
+        seen.append((Path(run_now[0]).name, "eta", mask_lr))
+        return real_avg(S, prev, mask_lr)
+
+    def gram(*a, **kw):
+        seen.append((Path(run_now[0]).name, "gram", None))
+        return real_gram(*a, **kw)
+    monkeypatch.setattr(train, "run", run)
+    monkeypatch.setattr(efx, "average_score", avg)
+    monkeypatch.setattr(efx, "gram_pbs_update", gram)
+    res = compare.study(c, log=lambda *_: None)
+    runs = {m: json.loads((Path(c.out) / f"runs/{m}-50-s0.json").read_text()) for m in ["efx_e16"] + variants}
+    etas = lambda m: {x[2] for x in seen if x[:2] == (f"{m}-50-s0", "eta")}
+    assert etas("efx_e16") == {0.5} and etas("efx_e16_eta1") == {1.0}
+    assert {x[0] for x in seen if x[1] == "gram"} == {"efx_e16_e15-50-s0"}
+    assert all(p["pbs"] and p["reconstruct"] == "obs" for p in runs["efx_e16_e15"]["train"]["prune_calls"])
+    calls = {m: len(r["train"]["prune_calls"]) for m, r in runs.items()}
+    assert calls["efx_e16_epochs"] == 2 and calls["efx_e16"] == 4 == calls["efx_e16_eta1"]
+    corpus = {m: (r["train"]["calibration"]["corpus"], r["identity"]["data"]["calib"]) for m, r in runs.items()}
+    assert corpus["efx_e16_calib_train"] == ("train", "train")
+    assert corpus["efx_e16"] == (json.loads(budget.read_text())["calib"], compare._digest(calib_text))
+    assert [(x["row"], x["without"]) for x in res["contrasts"]] == [(m, "efx_e16") for m in variants]
