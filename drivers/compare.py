@@ -65,7 +65,7 @@ METHODS = {"dense_start": {"method": "dense"},       # the pretrained model, not
            "efx_e16_e15": {"method": "efx", "pbs": True, "pbs_variant": "gram", "reconstruct": "obs"},
            # no score average across calls (E7 with eta = 1: each call's own score)
            "efx_e16_eta1": {"method": "efx", "pbs": False, "reconstruct": "obs", "mask_lr": 1.0},
-           # the paper's schedule: calls at epoch boundaries only (two epochs: one, then the final)
+           # the paper's schedule: calls at epoch boundaries only (with two epochs: one, then the final)
            "efx_e16_epochs": {"method": "efx", "pbs": False, "reconstruct": "obs", "prune_every_steps": 0},
            # calibration on the text the run trains on, not the general corpus
            "efx_e16_calib_train": {"method": "efx", "pbs": False, "reconstruct": "obs", "calib": "train"}}
@@ -261,11 +261,12 @@ def plan(c, base, split, tasks, evaluation):
              "train_text" if lm else "train": str(train_file),
              "test": [str(split / "test" / f"{t}.jsonl") for t in tasks]}
     train_digest = _digest(train_file.read_text())
+    calib_digests = {"": "general_corpus", "train": "train"}   # "train": the training data above
 
-    def sources(calib):                 # "" = the general corpus; "train" = the training data above
-        calib = calib or "general_corpus"
-        return {"train": train_digest,
-                "calib": calib if calib in ("general_corpus", "train") else _digest(Path(calib).read_text())}
+    def sources(calib):                 # a run's --calib; each text file is read once
+        if calib not in calib_digests:
+            calib_digests[calib] = _digest(Path(calib).read_text())
+        return {"train": train_digest, "calib": calib_digests[calib]}
     dense = [(m, 0.0, True) for m in ("dense_lora", "dense_start") if m == "dense_lora" or m in c.methods]
     grid = dense + [(m, s, True) for s in c.sparsity for m in c.methods if not m.startswith("dense_")]
     curve = [[(m, s, False) for m in c.curve_methods if m != "dense_lora"] for s in c.curve]
