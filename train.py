@@ -106,6 +106,8 @@ class TrainConfig(efx.PruneOptions):
                                ("baseline_order", ("after", "before", "both")), ("objective", ("task", "lm")),
                                ("domain", data.DOMAINS)):
             need(getattr(self, field) in allowed, f"{field}={getattr(self, field)!r}, expected one of {allowed}")
+        need(not (self.sparsity_ramp == "cubic" and self.nm),
+             f"sparsity_ramp='cubic' has no N:M form: nm={self.nm!r} prunes N of every M at each call")
         need(self.lora_r > 0, f"lora_r must be > 0, got {self.lora_r}")
         need(self.epochs >= 1 and self.prune_every >= 1 and self.prune_every_steps >= 0,
              f"epochs and prune_every must be >= 1 and prune_every_steps >= 0, got "

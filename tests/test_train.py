@@ -378,6 +378,14 @@ def test_s8_cli_check_config_errors_name_the_field(field, value, words):
         train.main([f"--{field}", str(value)] + (["--grad_accum", "2"] if field == "batch_size" else []))
 
 
+def test_s8_ramp_with_nm_refused():
+    """N:M prunes N of every M at every call, so a sparsity ramp would be silently ignored
+    (select_mask drops the sparsity under nm, E10): the config refuses the pair instead."""
+    with pytest.raises(ValueError, match=r"sparsity_ramp='cubic' has no N:M form: nm='2:4'"):
+        train.cli.make(train.TrainConfig, {"sparsity_ramp": "cubic", "nm": "2:4"})
+    assert train.cli.make(train.TrainConfig, {"sparsity_ramp": "cubic"}).sparsity_ramp == "cubic"
+
+
 class _no_check:
     """An unknown flag is argparse's error (exit status 2, message on stderr)."""
     def __enter__(self):
