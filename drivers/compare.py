@@ -67,9 +67,12 @@ METHODS = {"dense_start": {"method": "dense"},       # the pretrained model, not
            "efx_e16_eta1": {"method": "efx", "pbs": False, "reconstruct": "obs", "mask_lr": 1.0},
            # the paper's schedule: calls at epoch boundaries only (with two epochs: one, then the final)
            "efx_e16_epochs": {"method": "efx", "pbs": False, "reconstruct": "obs", "prune_every_steps": 0},
+           # more calls: one every 16 steps (topics' 96 steps: five, then the final; med's 32: one)
+           "efx_e16_every16": {"method": "efx", "pbs": False, "reconstruct": "obs", "prune_every_steps": 16},
            # calibration on the text the run trains on, not the general corpus
            "efx_e16_calib_train": {"method": "efx", "pbs": False, "reconstruct": "obs", "calib": "train"}}
-VARIANTS = ("efx_e16_ramp", "efx_e16_e15", "efx_e16_eta1", "efx_e16_epochs", "efx_e16_calib_train")
+VARIANTS = ("efx_e16_ramp", "efx_e16_e15", "efx_e16_eta1", "efx_e16_epochs", "efx_e16_every16",
+            "efx_e16_calib_train")
 # "best baseline": the lowest mean perplexity of these at a sparsity (magnitude is a floor)
 BASELINES = ("wanda_lora", "sparsegpt_lora", "wanda_before", "sparsegpt_before")
 # rows that prune the dense LoRA model of their seed instead of training
@@ -86,6 +89,7 @@ CONTRASTS = [("dense_lora", "dense_start", "fine-tuning: dense LoRA against the 
              ("efx_e16_e15", "efx_e16", "Gram PBS (E15) after E16"),
              ("efx_e16_eta1", "efx_e16", "no score average across calls (E7, eta = 1), with E16"),
              ("efx_e16_epochs", "efx_e16", "calls at epoch boundaries only (the paper's schedule), with E16"),
+             ("efx_e16_every16", "efx_e16", "a call every 16 steps, with E16"),
              ("efx_e16_calib_train", "efx_e16", "calibration on the training text, not the general corpus, with E16"),
              ("foresight_after", "wanda_lora", "ForeSight's mask (E6) against Wanda's, one call after training"),
              ("efx_after", "sparsegpt_lora", "ForeSight's mask against SparseGPT's, both with the OBS update")]

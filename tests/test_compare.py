@@ -390,9 +390,10 @@ def test_s9_ramp_variant_row_prunes_up_the_cubic_ramp(study, monkeypatch):
 def test_s9_variant_rows_change_one_thing_each(study, monkeypatch):
     """Each E16 variant reaches the run it names, and only there: eta = 1 in every score
     average (E7), E15 through a fresh B after E16, calls at epoch boundaries only (2 epochs:
-    two calls, where efx_e16 prunes every step), calibration on the training data. Each is
+    two calls, where efx_e16 prunes every step; every 16 steps: only the final call in this
+    short run), calibration on the training data. Each is
     set against efx_e16 in the contrasts."""
-    variants = ["efx_e16_e15", "efx_e16_eta1", "efx_e16_epochs", "efx_e16_calib_train"]
+    variants = ["efx_e16_e15", "efx_e16_eta1", "efx_e16_epochs", "efx_e16_every16", "efx_e16_calib_train"]
     c = study("v", methods=["efx_e16"] + variants, seeds=[0])
     budget = Path(c.train_config)
     budget.write_text(json.dumps({**json.loads(budget.read_text()), "prune_every_steps": 1}))
@@ -422,6 +423,7 @@ def test_s9_variant_rows_change_one_thing_each(study, monkeypatch):
     assert all(p["pbs"] and p["reconstruct"] == "obs" for p in runs["efx_e16_e15"]["train"]["prune_calls"])
     calls = {m: len(r["train"]["prune_calls"]) for m, r in runs.items()}
     assert calls["efx_e16_epochs"] == 2 and calls["efx_e16"] == 4 == calls["efx_e16_eta1"]
+    assert calls["efx_e16_every16"] == 1
     corpus = {m: (r["train"]["calibration"]["corpus"], r["identity"]["data"]["calib"]) for m, r in runs.items()}
     assert corpus["efx_e16_calib_train"] == ("train", "train")
     assert corpus["efx_e16"] == (json.loads(budget.read_text())["calib"], compare._digest(calib_text))
