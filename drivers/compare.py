@@ -559,7 +559,8 @@ def _diff_table(items, head, name, signs=False):
 
 
 def figure(rows, path, log=print):
-    """Domain perplexity against sparsity per method, 95 % interval bars; dense LoRA as a band."""
+    """Domain perplexity per method, 95 % interval bars, dense LoRA as a band. At one sparsity
+    a row per method, best at the top; at several, perplexity against sparsity."""
     try:
         import matplotlib                   # optional: only this figure needs it
         matplotlib.use("Agg")
@@ -569,20 +570,32 @@ def figure(rows, path, log=print):
         return None
     if not all("ppl" in r["metrics"] for r in rows):
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     dense = next(r for r in rows if r["method"] == "dense_lora")["metrics"]["ppl"]
-    ax.axhspan(dense["lo"], dense["hi"], color="0.9")
-    ax.axhline(dense["mean"], color="0.4", ls="--", label="dense_lora")
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense_lora"))
-    for j, m in enumerate(methods):         # a small offset per method keeps the bars apart
-        pts = sorted((r["sparsity"], r["metrics"]["ppl"]) for r in rows if r["method"] == m)
-        x = [100 * s + 0.4 * (j - (len(methods) - 1) / 2) for s, _ in pts]
-        y = [p["mean"] for _, p in pts]
-        err = [[p["mean"] - p["lo"] for _, p in pts], [p["hi"] - p["mean"] for _, p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
-    ax.set_xlabel("sparsity (%)")
-    ax.set_yscale("log")
-    ax.set_ylabel("domain perplexity (log scale; seed mean, 95 % interval)")
+    rest = [r for r in rows if r["method"] != "dense_lora"]
+    bar = lambda ps: [[p["mean"] - p["lo"] for p in ps], [p["hi"] - p["mean"] for p in ps]]
+    if len({r["sparsity"] for r in rest if r["sparsity"] > 0}) <= 1:
+        rest.sort(key=lambda r: -r["metrics"]["ppl"]["mean"])
+        ps = [r["metrics"]["ppl"] for r in rest]
+        fig, ax = plt.subplots(figsize=(7, 1.5 + 0.3 * len(rest)))
+        ax.axvspan(dense["lo"], dense["hi"], color="0.9")
+        ax.axvline(dense["mean"], color="0.4", ls="--", label="dense_lora")
+        ax.errorbar([p["mean"] for p in ps], range(len(rest)), xerr=bar(ps), fmt="o", capsize=3)
+        ax.set_yticks(range(len(rest)), [f"{r['method']} ({100 * r['sparsity']:g} %)" for r in rest])
+        ax.set_xscale("log")
+        ax.set_xlabel("domain perplexity (log scale; seed mean, 95 % interval)")
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.axhspan(dense["lo"], dense["hi"], color="0.9")
+        ax.axhline(dense["mean"], color="0.4", ls="--", label="dense_lora")
+        methods = list(dict.fromkeys(r["method"] for r in rest))
+        for j, m in enumerate(methods):     # a small offset per method keeps the bars apart
+            pts = sorted((r["sparsity"], r["metrics"]["ppl"]) for r in rest if r["method"] == m)
+            x = [100 * s + 0.4 * (j - (len(methods) - 1) / 2) for s, _ in pts]
+            ax.errorbar(x, [p["mean"] for _, p in pts], yerr=bar([p for _, p in pts]), capsize=3,
+                        color=f"C{j % 10}", marker="os^Dv"[j // 10 % 5], label=m)   # 10 colours, then a new marker
+        ax.set_xlabel("sparsity (%)")
+        ax.set_yscale("log")
+        ax.set_ylabel("domain perplexity (log scale; seed mean, 95 % interval)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

@@ -307,19 +307,32 @@ def test_s9_figure_skipped_without_matplotlib(monkeypatch, tmp_path):
 
 
 def test_s9_figure_draws_every_method(tmp_path, monkeypatch):
-    """With matplotlib installed: one PNG, one line per method (dense LoRA as the dashed line)."""
+    """With matplotlib installed, one PNG. Several sparsities: a line per method (dense LoRA
+    the dashed one), no two drawn alike past the ten colours. One sparsity: a row per method
+    named on the axis, the lowest perplexity at the top."""
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
     ppl = lambda m: {"ppl": {"mean": m, "lo": m - 1, "hi": m + 1}}
-    rows = [{"method": "dense_lora", "sparsity": 0.0, "metrics": ppl(16)}] + \
-        [{"method": m, "sparsity": s, "metrics": ppl(16 + 60 * s + k)}
-         for k, m in enumerate(["wanda_lora", "efx"]) for s in (0.3, 0.5)]
-    labels, real = [], plt.Figure.savefig
-    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **kw: (
-        labels.extend(fig.axes[0].get_legend_handles_labels()[1]), real(fig, *a, **kw)))
+    dense = [{"method": "dense_lora", "sparsity": 0.0, "metrics": ppl(16)}]
+    names = [f"m{k}" for k in range(12)]
+    seen, real = [], plt.Figure.savefig
+
+    def save(fig, *a, **kw):
+        ax = fig.axes[0]
+        handles, labels = ax.get_legend_handles_labels()
+        styles = [(h.lines[0].get_color(), h.lines[0].get_marker()) for h in handles[1:]]
+        seen.append((labels, styles, [t.get_text() for t in ax.get_yticklabels()]))
+        return real(fig, *a, **kw)
+    monkeypatch.setattr(plt.Figure, "savefig", save)
+    rows = dense + [{"method": m, "sparsity": s, "metrics": ppl(16 + 60 * s + k)}
+                    for k, m in enumerate(names) for s in (0.3, 0.5)]
     path = compare.figure(rows, tmp_path / "f.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert labels == ["dense_lora", "wanda_lora", "efx"]
+    labels, styles, _ = seen[-1]
+    assert labels == ["dense_lora"] + names and len(set(styles)) == 12
+    rows = dense + [{"method": m, "sparsity": 0.5, "metrics": ppl(p)} for m, p in [("a", 30), ("b", 20), ("c", 40)]]
+    compare.figure(rows, tmp_path / "g.png")
+    assert seen[-1][0] == ["dense_lora"] and seen[-1][2] == ["c (50 %)", "a (50 %)", "b (50 %)"]
 
 
 def test_s9_dense_start_row_and_every_baseline_against_the_efx_rows(study, monkeypatch):
