@@ -565,6 +565,7 @@ def figure(rows, path, log=print):
         import matplotlib                   # optional: only this figure needs it
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         log(f"[compare] matplotlib is not installed: no {path.name} (pip install matplotlib)")
         return None
@@ -582,6 +583,7 @@ def figure(rows, path, log=print):
         ax.errorbar([p["mean"] for p in ps], range(len(rest)), xerr=bar(ps), fmt="o", capsize=3)
         ax.set_yticks(range(len(rest)), [f"{r['method']} ({100 * r['sparsity']:g} %)" for r in rest])
         ax.set_xscale("log")
+        axis = ax.xaxis
         ax.set_xlabel("domain perplexity (log scale; seed mean, 95 % interval)")
     else:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -595,7 +597,11 @@ def figure(rows, path, log=print):
                         color=f"C{j % 10}", marker="os^Dv"[j // 10 % 5], label=m)   # 10 colours, then a new marker
         ax.set_xlabel("sparsity (%)")
         ax.set_yscale("log")
+        axis = ax.yaxis
         ax.set_ylabel("domain perplexity (log scale; seed mean, 95 % interval)")
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))     # 10 20 50 100 ..., in plain numbers
+    axis.set_major_formatter(ticker.ScalarFormatter())
+    axis.set_minor_formatter(ticker.NullFormatter())
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
