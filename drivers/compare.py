@@ -67,7 +67,7 @@ METHODS = {"dense_start": {"method": "dense"},       # the pretrained model, not
            "efx_e16_eta1": {"method": "efx", "pbs": False, "reconstruct": "obs", "mask_lr": 1.0},
            # the paper's schedule: calls at epoch boundaries only (with two epochs: one, then the final)
            "efx_e16_epochs": {"method": "efx", "pbs": False, "reconstruct": "obs", "prune_every_steps": 0},
-           # more calls: one every 16 steps (topics' 96 steps: five, then the final; med's 32: one)
+           # more calls: one every 16 steps (topics' 96 steps: five, then the final; med's 32: one, then the final)
            "efx_e16_every16": {"method": "efx", "pbs": False, "reconstruct": "obs", "prune_every_steps": 16},
            # calibration on the text the run trains on, not the general corpus
            "efx_e16_calib_train": {"method": "efx", "pbs": False, "reconstruct": "obs", "calib": "train"}}
