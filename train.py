@@ -42,9 +42,12 @@ METHODS = ("efx", "dense", "wanda", "sparsegpt", "magnitude")
 class TrainConfig(efx.PruneOptions):
     """One run; every field is a flag (--lora_r 8) and a --config key, checked at creation.
     The pruning options (method, sparsity, nm, per, compensation, ...) are efx.PruneOptions'
-    fields; three are declared again below because a run reads them differently."""
+    fields; five are declared again below because a run reads them differently: its default
+    compensation is E16, then E15 through a fresh B (the evidence study's best, docs/study.md)."""
     method: str = "efx"             # efx | dense | wanda | sparsegpt | magnitude
     reconstruct: str = "obs"        # obs: OBS update of the kept weights for the mask (E16) | none
+    pbs: bool = True                # update the LoRA B (method §7); with reconstruct obs: E15 after E16
+    pbs_variant: str = "gram"       # gram (E15) | paper | code (E12-E14: with reconstruct none)
     seed: int = 0                   # data order, LoRA init, calibration windows, each call's fresh A
     # what
     preset: str = "default"         # named group of defaults: default (the main job on CPU) | smoke | study | paper

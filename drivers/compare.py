@@ -13,7 +13,7 @@ sparsegpt_lora with baseline_order "after" (the paper: dense LoRA -> merge -> pr
 prune that seed's saved dense model (models/dense-s<seed>/model) instead of training again,
 as do the schedule's ablations foresight_after / efx_after (one ForeSight call there).
 --curve adds sparsities for the figure, with --curve_methods and perplexity only.
-A row whose train config equals another's (efx and efx_e16 under the project's defaults)
+A row whose train config equals another's (efx and efx_e16_e15 under the project's defaults)
 reuses that run. Every run is evaluated here, the same way, on one test split for every seed
 and method (written to data/), and cached as runs/<run>.json with a fingerprint of all that
 defines it: a study run again, or interrupted, reuses what is done; a cached run made with
@@ -39,7 +39,9 @@ import model as M
 import train
 from support import cli, files
 
-# Method -> the train.py config fields that select it. "efx" is the project's default;
+# Method -> the train.py config fields that select it. "efx" is the project's default (E16,
+# then E15; study/budgets/ pin pbs false, so that there it is E16 alone, the default the
+# committed runs were made with);
 # "efx_published" the authors' method (E6, PBS E14 before the merge, method §7 note). The
 # "_after" rows are ablations of the schedule: one ForeSight call on the dense LoRA model
 # (E6 alone; E6 + E16), the baselines' "after" order, no pruning during training.
@@ -380,7 +382,7 @@ def study(c, log=print):
     bar, n = cli.Progress("[compare] run", len(runs), "run", log, start=len(done)), len(done)
     for r in (r for r in runs if r["name"] not in done):
         twin = next((x["name"] for x in runs if x["twin"] == r["twin"] and x["name"] in done), None)
-        if twin:        # the same train config under another row name (efx and efx_e16 by default)
+        if twin:        # the same train config under another row name (efx and efx_e16_e15 by default)
             rec = {**done[twin], **{k: r[k] for k in ("name", "method", "fingerprint", "identity")}}
             log(f"[compare] {r['name']}: the same run as {twin} (equal train config): its record reused")
         else:

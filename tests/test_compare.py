@@ -224,14 +224,14 @@ def test_s9_study_trains_a_missing_dense_model_again(study, monkeypatch):
 
 
 def test_s9_study_runs_an_equal_config_once(study, monkeypatch):
-    """efx and efx_e16 are the same train config under the project's defaults: one training,
-    two rows with the same numbers."""
+    """efx and efx_e16_e15 are the same train config under the project's defaults (E16, then
+    E15): one training, two rows with the same numbers; efx_e16 is a run of its own."""
     calls, logs = _count(monkeypatch), []
-    res = compare.study(study("a", methods=["efx", "efx_e16"], seeds=[0]), log=logs.append)
-    assert calls == [("train", "dense", 0), ("train", "efx", 0)]
-    assert any("efx_e16-50-s0: the same run as efx-50-s0" in x for x in logs)
+    res = compare.study(study("a", methods=["efx", "efx_e16_e15", "efx_e16"], seeds=[0]), log=logs.append)
+    assert calls == [("train", "dense", 0), ("train", "efx", 0), ("train", "efx", 0)]
+    assert any("efx_e16_e15-50-s0: the same run as efx-50-s0" in x for x in logs)
     rows = {r["method"]: r for r in res["rows"]}
-    assert rows["efx"]["metrics"] == rows["efx_e16"]["metrics"]
+    assert rows["efx"]["metrics"] == rows["efx_e16_e15"]["metrics"] != rows["efx_e16"]["metrics"]
 
 
 def test_s9_study_curve_rows_measure_perplexity_only(study, monkeypatch):

@@ -470,6 +470,19 @@ def test_e15_never_increases_the_merged_output_error():
             assert merged_error(W, A, B, dB, keep, s, H) <= merged_error(W, A, B, 0 * B, keep, s, H)
 
 
+def test_e15_speedup_column_major_operands_give_the_same_update():
+    """gram_pbs_update makes W, the mask and the target row-major (a speed-up: on CPU the
+    weights are column-major, support/speedups.column_major); the update must not change."""
+    cm = lambda t: t.T.contiguous().T
+    W, A, B, keep, X, s = gram_problem(3)
+    H, U = X.T @ X, W + s * B @ A
+    assert not cm(keep).is_contiguous()
+    close(efx.gram_pbs_update(cm(W), A, B, cm(keep), H, s), efx.gram_pbs_update(W, A, B, keep, H, s),
+          F64, "E15, column-major W and mask")
+    close(efx.gram_pbs_update(cm(U), A, 0 * B, cm(keep), H, s, target=cm(U + 0.1)),
+          efx.gram_pbs_update(U, A, 0 * B, keep, H, s, target=U + 0.1), F64, "E15 with a target")
+
+
 def test_e16_then_e15_polish_never_increases_the_error():
     """Both on: E15 with target U on E16's result W16 (B = 0) is E15 itself when W16 = W,
     and never raises the calibration output error of E16 alone."""
