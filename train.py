@@ -144,9 +144,9 @@ PRESETS = {
                   compensate_final=False),
     # The main job on 2 CPU cores: 192 of the 320 med training examples keep it to minutes.
     # 64 x 256 = 16k calibration tokens, the knee of the calibration sweep (docs/calibration.md):
-    # at 2k the OBS update (E16, the default compensation) starves. Each call then costs about
-    # as much as 32 training steps here (72 s; docs/main-job.md). Two intermediate calls (steps
-    # 32 and 64 of 96), so that the score average E7 acts.
+    # at 2k the OBS update (E16, part of the default compensation) starves. Each call then
+    # costs about as much as 32 training steps here (57 s; docs/main-job.md). Two intermediate
+    # calls (steps 32 and 64 of 96), so that the score average E7 acts.
     "default": dict(epochs=2, max_train=192, nsamples=64, seqlen=256, max_len=256, eval_max=40,
                     eval_ppl_windows=16, prune_every_steps=32),
     # compare.py's evidence study (docs/study.md): one epoch of 128 examples (or windows),
