@@ -153,7 +153,7 @@ PRESETS = {
     # calls at steps 11 and 22 of 32 and the final one. 64 x 256 = 16k calibration tokens: the
     # knee of the calibration sweep (docs/calibration.md); at 2k SparseGPT and E16 starve.
     "study": dict(epochs=1, max_train=128, nsamples=64, seqlen=256, max_len=256, prune_every_steps=11),
-    # About two minutes on CPU (105 s measured): a check that the whole pipeline runs.
+    # One to two minutes on 2 CPU cores (65 s on 2026-12-06, 105 s earlier): the whole pipeline runs.
     "smoke": dict(epochs=2, max_train=16, nsamples=4, seqlen=128, max_len=128, eval_max=8,
                   log_every=2, eval_seqlen=256, eval_ppl_windows=4),
 }
